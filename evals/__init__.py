@@ -1,0 +1,1 @@
+"""lm-evaluation-harness glue: task hooks, templates, public-benchmark maps."""

@@ -1,0 +1,102 @@
+"""Prompts, tokenized training examples, and the distillation dataset on disk.
+
+A training example is a (prompt, response) pair. The prompt is wrapped in the
+"Question: ...\nAnswer:" format of the pack eval tasks and rendered with the
+model's chat template when the tokenizer has one (else used as plain text), and tokenized as prompt ids + response ids + eos
+with a loss mask over the response and eos only. The dataset on disk keeps text
+(not ids) so students with different tokenizers can share it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+# The same wording as the pack eval tasks' doc_to_text (evals/templates), so a
+# model is trained and evaluated on one prompt format.
+QUESTION_TEMPLATE = "Question: {prompt}\nAnswer:"
+
+
+def render_prompt(tokenizer, prompt: str, system: str | None = None, *, wrap: bool = True) -> str:
+    """The text a model sees before its answer.
+
+    The prompt is wrapped in QUESTION_TEMPLATE (unless wrap=False, for
+    instructions that are not questions), then put in a user turn of the
+    model's chat template when it has one, else used as plain text.
+    """
+    return render_messages(tokenizer, messages_for(prompt, system, wrap=wrap))
+
+
+def messages_for(prompt: str, system: str | None = None, *, wrap: bool = True) -> list[dict[str, str]]:
+    """Chat messages for one request: an optional system turn and one user turn."""
+    user = QUESTION_TEMPLATE.format(prompt=prompt) if wrap else prompt
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+
+
+def render_messages(tokenizer, messages: list[dict[str, str]]) -> str:
+    """Messages as model input text: the chat template, or system and user text joined."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "\n\n".join(m["content"] for m in messages)
+
+
+def tokenize_example(tokenizer, prompt: str, response: str, *, system: str | None = None,
+                     max_length: int = 256, wrap: bool = True) -> dict[str, list[int]]:
+    """ids = prompt ids + response ids + eos; loss_mask marks response and eos.
+
+    Prompt and response are tokenized separately so the boundary is exact for
+    any tokenizer; an over-long prompt is cut from the left (the question's end
+    matters most), an over-long response from the right.
+    """
+    p_ids = tokenizer(render_prompt(tokenizer, prompt, system, wrap=wrap), add_special_tokens=False)["input_ids"]
+    sep = "" if getattr(tokenizer, "chat_template", None) else " "
+    r_ids = tokenizer(sep + response.strip(), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None and tokenizer.bos_token else []
+    room = max_length - len(bos)
+    r_ids = r_ids[: max(room // 2, room - len(p_ids))]
+    p_ids = p_ids[-(room - len(r_ids)):] if room - len(r_ids) > 0 else []
+    ids = bos + p_ids + r_ids
+    return {"input_ids": ids, "loss_mask": [0] * (len(bos) + len(p_ids)) + [1] * len(r_ids)}
+
+
+def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch: input_ids [B,T], attention_mask [B,T], loss_mask [B,T] (bool)."""
+    width = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(examples), width), dtype=torch.long)
+    loss = torch.zeros((len(examples), width), dtype=torch.bool)
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        ids[i, :n] = torch.tensor(e["input_ids"])
+        attn[i, :n] = 1
+        loss[i, :n] = torch.tensor(e["loss_mask"], dtype=torch.bool)
+    return {"input_ids": ids, "attention_mask": attn, "loss_mask": loss}
+
+
+def content_hash(*parts) -> str:
+    """A short stable hash of JSON-serialisable parts (config, ids, texts)."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            n += 1
+    tmp.replace(path)
+    return n
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with Path(path).open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,81 @@
+"""From elicited rows to the distillation dataset on disk.
+
+Filters, in order, each counted in the manifest: empty responses; exact
+duplicates of (prompt, response); answers a generator can check and the teacher
+got wrong; and rows that share an n-gram run with an evaluation item
+(decontamination). What survives is saved with ``Dataset.save_to_disk`` beside
+a manifest.json (counts, rates, hash), under a folder named by its content hash.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from kdbench.data import content_hash, read_jsonl
+from kdbench.packs import decontam
+from kdbench.packs.generators import verify
+
+COLUMNS = ["id", "method", "topic", "prompt", "response", "chosen", "rejected"]
+
+
+@dataclass
+class DatasetInfo:
+    path: Path
+    manifest: dict
+
+
+def build_dataset(pack, rows_path: Path, home: Path, n: int = decontam.DEFAULT_N) -> DatasetInfo:
+    import datasets
+
+    rows = read_jsonl(rows_path)
+    key = content_hash(pack.data_hash, content_hash(rows), n)
+    out = Path(home) / "datasets" / f"{pack.name}-{key}"
+    if (out / "manifest.json").exists():
+        return DatasetInfo(out, json.loads((out / "manifest.json").read_text()))
+
+    dropped = {"empty": 0, "duplicate": 0, "wrong_answer": 0, "contaminated": 0}
+    seen, kept = set(), []
+    for r in rows:
+        if not (r.get("response") or r.get("chosen")):
+            dropped["empty"] += 1
+            continue
+        sig = (r["prompt"], r.get("response"), r.get("chosen"), r.get("rejected"))
+        if sig in seen:
+            dropped["duplicate"] += 1
+            continue
+        seen.add(sig)
+        if r.get("reference") and r.get("response") and not verify(r["response"], r["reference"], r.get("check")):
+            dropped["wrong_answer"] += 1
+            continue
+        kept.append(r)
+    index = pack.eval_index(n)
+    text = lambda r: " ".join(str(r.get(k) or "") for k in ("prompt", "response", "chosen"))  # noqa: E731
+    report = decontam.check(((r["id"], text(r)) for r in kept), index)
+    clean = [r for r in kept if r["id"] not in report.hits]
+    dropped["contaminated"] = len(kept) - len(clean)
+
+    table = {c: [r.get(c) or "" for r in clean] for c in COLUMNS}
+    ds = datasets.Dataset.from_dict(table)
+    out.mkdir(parents=True, exist_ok=True)
+    ds.save_to_disk(str(out / "data"))
+    by_method: dict[str, int] = {}
+    for r in clean:
+        by_method[r["method"]] = by_method.get(r["method"], 0) + 1
+    manifest = {
+        "pack": pack.name, "pack_version": pack.spec.version, "pack_data_hash": pack.data_hash,
+        "data_hash": content_hash([(r["prompt"], r.get("response"), r.get("chosen"), r.get("rejected"))
+                                   for r in clean]),
+        "rows_in": len(rows), "rows": len(clean), "by_method": by_method, "dropped": dropped,
+        "decontam_n": n, "decontam_rate": round(report.rate, 6),
+        "contaminated_examples": dict(list(report.hits.items())[:20]),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return DatasetInfo(out, manifest)
+
+
+def load_examples(info: DatasetInfo) -> list[dict]:
+    import datasets
+
+    return datasets.load_from_disk(str(info.path / "data")).to_list()

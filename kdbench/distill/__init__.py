@@ -1,0 +1,1 @@
+"""Distillation: pure losses, one file per algorithm family, one explicit registry."""

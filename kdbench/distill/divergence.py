@@ -1,0 +1,67 @@
+"""Token-level divergence KD: fkl, rkl, jsd, tvd, skl, srkl against teacher logits.
+
+White-box: student and teacher share one vocabulary. The teacher's logits come
+from the teacher model in memory, or from the feature-elicitation cache of its
+top-k log-probabilities (``batch["teacher_topk_ids"/"_logprobs"]``), in which
+case the teacher need not be loaded at all.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from kdbench.distill.losses import DEFAULT_CHUNK, DIVERGENCES, TopK, causal_lm_ce, shift
+from kdbench.distill.trainer import StepContext
+
+
+class DivergenceConfig(BaseModel):
+    """Defaults: tau = 1 (GKD, MiniLLM); JSD beta = 0.5 (GKD's symmetric JSD);
+    skew alpha = 0.1 (DistiLLM's best setting); no cross-entropy mixed in."""
+
+    model_config = ConfigDict(extra="forbid")
+    temperature: float = Field(1.0, gt=0)
+    beta: float = Field(0.5, ge=0, le=1)
+    alpha: float = Field(0.1, ge=0, le=1)
+    ce_weight: float = Field(0.0, ge=0)  # + ce_weight * cross-entropy on the labels
+    chunk_size: int = Field(DEFAULT_CHUNK, ge=1)
+
+
+def knobs(name: str, hp: DivergenceConfig) -> dict:
+    """The keyword arguments the divergence ``name`` takes from ``hp``."""
+    extra = {"jsd": {"beta": hp.beta}, "skl": {"alpha": hp.alpha}, "srkl": {"alpha": hp.alpha}}.get(name, {})
+    return {"temperature": hp.temperature, "chunk_size": hp.chunk_size, **extra}
+
+
+@torch.no_grad()
+def teacher_targets(ctx: StepContext, batch) -> torch.Tensor | TopK:
+    """Teacher next-token distributions for the batch: cached top-k or a forward pass."""
+    if "teacher_topk_ids" in batch:
+        return TopK(batch["teacher_topk_ids"], batch["teacher_topk_logprobs"])
+    return ctx.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def divergence_loss(name: str, ctx: StepContext, batch, student_logits: torch.Tensor):
+    """Divergence ``name`` on the response tokens (+ optional CE), from full-length student logits."""
+    hp: DivergenceConfig = ctx.hp
+    target = teacher_targets(ctx, batch)
+    s, mask = shift(student_logits, batch["loss_mask"])
+    t = TopK(target.ids[:, :-1], target.logprobs[:, :-1]) if isinstance(target, TopK) else target[:, :-1]
+    div = DIVERGENCES[name](s, t, mask, **knobs(name, hp))
+    logs = {name: float(div.detach())}
+    if hp.ce_weight:
+        ce = causal_lm_ce(student_logits, batch["input_ids"], batch["loss_mask"])
+        logs["ce"] = float(ce.detach())
+        return div + hp.ce_weight * ce, logs
+    return div, logs
+
+
+def make_step(name: str):
+    """The training step of divergence ``name`` (one of losses.DIVERGENCES)."""
+
+    def step(ctx: StepContext, batch):
+        logits = ctx.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return divergence_loss(name, ctx, batch, logits)
+
+    step.__name__ = f"{name}_step"
+    return step

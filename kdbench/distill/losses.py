@@ -1,0 +1,248 @@
+"""Token-level divergences between teacher and student, as pure functions.
+
+Contract (every function here, keyed by its name in ``DIVERGENCES``)::
+
+    loss = fn(student_logits [B,T,V], teacher_logits [B,T,V], mask [B,T] bool,
+              *, temperature=1.0, <its own knob>) -> scalar tensor
+
+with p = softmax(teacher / tau) and q = softmax(student / tau), computed in
+float32 whatever the input dtype, and
+
+    loss = tau^2 * sum_t mask_t * D_t / sum_t mask_t
+
+where D_t is the true divergence at position t (a full KL, not a cross-entropy
+with the teacher's entropy dropped, so identical inputs give exactly 0).
+Position t holds the distributions over the *next* token; aligning (shifting)
+logits and mask is the caller's job.
+
+Memory: positions are processed in chunks of ``chunk_size`` rows. Each chunk's
+gradient with respect to the student logits is computed during the forward pass
+and written into one buffer shaped like the logits, so the float32
+intermediates (log-softmaxes, mixtures, products) exist for one chunk at a
+time: peak memory does not grow with T x V, and gradients are exact. Only the
+student receives a gradient; the teacher is treated as a constant.
+
+Teacher logits may also be a :class:`TopK` (ids and log-probabilities of the
+teacher's k most likely tokens, from the feature-elicitation cache). The
+divergence is then taken between the (k+1)-bin coarsenings of p and q: the k
+listed tokens plus one bin holding the rest of the mass, so the missing tail is
+accounted for instead of silently dropped. Cached log-probs are used as stored
+(they were computed at the temperature recorded in the cache).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+DEFAULT_CHUNK = 128
+_FLOOR = -1e30  # stands in for log(0) so 0 * log(0) terms are 0, not NaN
+
+
+class TopK(NamedTuple):
+    """A teacher's top-k next-token distribution: ids [B,T,k] long, logprobs [B,T,k] float."""
+
+    ids: torch.Tensor
+    logprobs: torch.Tensor
+
+
+# ---- per-position divergences on log-probabilities [n, V] -> [n] ------------------
+
+
+def _kl(la: torch.Tensor, lb: torch.Tensor) -> torch.Tensor:
+    """KL(a || b) per row for log-distributions la, lb [n, V]."""
+    return (la.exp() * (la - lb)).sum(-1)
+
+
+def _mix(la: torch.Tensor, lb: torch.Tensor, w: float) -> torch.Tensor:
+    """log(w * a + (1 - w) * b), computed stably in log space."""
+    if w <= 0.0:
+        return lb
+    if w >= 1.0:
+        return la
+    return torch.logaddexp(la + math.log(w), lb + math.log1p(-w))
+
+
+def fkl_position(ls, lt):
+    """Forward KL(p || q): mean-seeking; word-level KD (Hinton et al.; Kim & Rush)."""
+    return _kl(lt, ls)
+
+
+def rkl_position(ls, lt):
+    """Reverse KL(q || p): mode-seeking (MiniLLM's objective)."""
+    return _kl(ls, lt)
+
+
+def jsd_position(ls, lt, beta: float = 0.5):
+    """Generalised JSD: beta KL(p || M) + (1 - beta) KL(q || M), M = beta p + (1 - beta) q.
+
+    Equals its limit 0 at beta = 0 and beta = 1 (M collapses onto q or p), so the
+    loss is continuous in beta; it does not jump to a plain KL at the ends.
+    """
+    if beta <= 0.0 or beta >= 1.0:
+        return ls.sum(-1) * 0.0
+    lm = _mix(lt, ls, beta)
+    return beta * _kl(lt, lm) + (1.0 - beta) * _kl(ls, lm)
+
+
+def tvd_position(ls, lt):
+    """Total variation distance: 0.5 * sum_v |p - q| (Wen et al., f-divergence KD)."""
+    return 0.5 * (lt.exp() - ls.exp()).abs().sum(-1)
+
+
+def skl_position(ls, lt, alpha: float = 0.1):
+    """Skew KL (DistiLLM): KL(p || alpha p + (1 - alpha) q)."""
+    return _kl(lt, _mix(lt, ls, alpha))
+
+
+def srkl_position(ls, lt, alpha: float = 0.1):
+    """Skew reverse KL (DistiLLM): KL(q || (1 - alpha) q + alpha p)."""
+    return _kl(ls, _mix(lt, ls, alpha))
+
+
+# ---- chunked driver -----------------------------------------------------------------
+
+
+def _teacher_rows(teacher, idx: torch.Tensor, temperature: float):
+    if isinstance(teacher, TopK):
+        return teacher.ids.index_select(0, idx), teacher.logprobs.index_select(0, idx).float()
+    return F.log_softmax(teacher.index_select(0, idx).float() / temperature, dim=-1)
+
+
+def _bins(ls: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+    """Student and teacher log-probs on the same support: full vocab, or top-k + tail."""
+    if not isinstance(t, tuple):
+        return ls, t.clamp_min(_FLOOR)
+    ids, lt_k = t
+    ls_k = ls.gather(-1, ids)
+
+    def with_tail(lk: torch.Tensor) -> torch.Tensor:
+        head = torch.logsumexp(lk, dim=-1, keepdim=True).clamp_max(0.0)
+        tail = torch.log(-torch.expm1(head)).clamp_min(_FLOOR)  # log(1 - sum of top-k mass)
+        return torch.cat([lk, tail], dim=-1)
+
+    return with_tail(ls_k), with_tail(lt_k).clamp_min(_FLOOR)
+
+
+class _ChunkedDivergence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, student, teacher_dense, teacher_ids, teacher_lp, weights, position_fn, temperature, chunk):
+        # student [N,V]; teacher dense [N,V] or (ids [N,k], logprobs [N,k]); weights [N] float32
+        teacher = TopK(teacher_ids, teacher_lp) if teacher_dense is None else teacher_dense
+        needs_grad = ctx.needs_input_grad[0]
+        grad = torch.zeros_like(student) if needs_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=student.device)
+        rows = weights.nonzero().squeeze(-1)
+        for start in range(0, rows.numel(), chunk):
+            idx = rows[start : start + chunk]
+            s = student.index_select(0, idx).float().requires_grad_(needs_grad)
+            with torch.enable_grad():
+                ls = F.log_softmax(s / temperature, dim=-1)
+                ls_b, lt_b = _bins(ls, _teacher_rows(teacher, idx, temperature))
+                part = (position_fn(ls_b, lt_b) * weights.index_select(0, idx)).sum()
+            if needs_grad:
+                (g,) = torch.autograd.grad(part, s)
+                grad.index_copy_(0, idx, g.to(grad.dtype))
+            total += part.detach()
+        ctx.save_for_backward(grad) if needs_grad else None
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors
+        if grad_out.item() != 1.0:  # the common case (loss.backward()) allocates nothing
+            grad = grad * grad_out.to(grad.dtype)
+        return grad, None, None, None, None, None, None, None
+
+
+def divergence(position_fn: Callable, student_logits: torch.Tensor, teacher_logits, mask: torch.Tensor, *,
+               temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """tau^2 * masked mean over positions of position_fn(log q, log p); see module doc."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    B, T, V = student_logits.shape
+    if mask.shape != (B, T):
+        raise ValueError(f"mask must be [B,T]={B, T}, got {tuple(mask.shape)}")
+    denom = mask.sum()
+    if denom == 0:
+        return student_logits.sum() * 0.0
+    weights = (mask.reshape(-1).float() * (temperature**2 / denom.float()))
+    student = student_logits.reshape(B * T, V)
+    if isinstance(teacher_logits, TopK):
+        k = teacher_logits.ids.shape[-1]
+        dense, ids, lp = None, teacher_logits.ids.reshape(B * T, k), teacher_logits.logprobs.reshape(B * T, k)
+    else:
+        if teacher_logits.shape != student_logits.shape:
+            raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} != student logits {(B, T, V)}; "
+                             "white-box losses need one vocabulary")
+        dense, ids, lp = teacher_logits.detach().reshape(B * T, V), None, None
+    return _ChunkedDivergence.apply(student, dense, ids, lp, weights, position_fn, float(temperature), chunk_size)
+
+
+def fkl(student_logits, teacher_logits, mask, *, temperature=1.0, chunk_size=DEFAULT_CHUNK):
+    """Forward KL(p || q) per position, masked mean, times tau^2."""
+    return divergence(fkl_position, student_logits, teacher_logits, mask, temperature=temperature,
+                      chunk_size=chunk_size)
+
+
+def rkl(student_logits, teacher_logits, mask, *, temperature=1.0, chunk_size=DEFAULT_CHUNK):
+    """Reverse KL(q || p) per position, masked mean, times tau^2."""
+    return divergence(rkl_position, student_logits, teacher_logits, mask, temperature=temperature,
+                      chunk_size=chunk_size)
+
+
+def jsd(student_logits, teacher_logits, mask, *, temperature=1.0, beta=0.5, chunk_size=DEFAULT_CHUNK):
+    """Generalised Jensen-Shannon divergence with weight beta on the teacher (GKD)."""
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    return divergence(lambda ls, lt: jsd_position(ls, lt, beta), student_logits, teacher_logits, mask,
+                      temperature=temperature, chunk_size=chunk_size)
+
+
+def tvd(student_logits, teacher_logits, mask, *, temperature=1.0, chunk_size=DEFAULT_CHUNK):
+    """Total variation distance per position, masked mean, times tau^2."""
+    return divergence(tvd_position, student_logits, teacher_logits, mask, temperature=temperature,
+                      chunk_size=chunk_size)
+
+
+def skl(student_logits, teacher_logits, mask, *, temperature=1.0, alpha=0.1, chunk_size=DEFAULT_CHUNK):
+    """Skew KL(p || alpha p + (1 - alpha) q) (DistiLLM, default alpha = 0.1)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    return divergence(lambda ls, lt: skl_position(ls, lt, alpha), student_logits, teacher_logits, mask,
+                      temperature=temperature, chunk_size=chunk_size)
+
+
+def srkl(student_logits, teacher_logits, mask, *, temperature=1.0, alpha=0.1, chunk_size=DEFAULT_CHUNK):
+    """Skew reverse KL(q || (1 - alpha) q + alpha p) (DistiLLM, default alpha = 0.1)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    return divergence(lambda ls, lt: srkl_position(ls, lt, alpha), student_logits, teacher_logits, mask,
+                      temperature=temperature, chunk_size=chunk_size)
+
+
+DIVERGENCES: dict[str, Callable[..., torch.Tensor]] = {
+    "fkl": fkl, "rkl": rkl, "jsd": jsd, "tvd": tvd, "skl": skl, "srkl": srkl,
+}
+
+
+def causal_lm_ce(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over masked target tokens.
+
+    logits [B,T,V] (position t predicts token t+1), input_ids [B,T], loss_mask [B,T]
+    marking the target tokens.
+    """
+    target_mask = loss_mask[:, 1:]
+    if not target_mask.any():
+        return logits.sum() * 0.0
+    pred = logits[:, :-1][target_mask]
+    return F.cross_entropy(pred.float(), input_ids[:, 1:][target_mask])
+
+
+def shift(logits: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Align next-token logits with the tokens they predict: (logits[:, :-1], mask[:, 1:])."""
+    return logits[:, :-1], loss_mask[:, 1:]

@@ -1,0 +1,93 @@
+"""Distill one student with one algorithm and one seed: the step flows call.
+
+The output folder is named by a content hash of everything that determines the
+result (algorithm, hyperparameters, seed, teacher, student, data), holds a
+resumable checkpoint while training runs, and a DONE file when it has finished;
+a finished folder is reused as it is.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from kdbench.data import content_hash, tokenize_example
+from kdbench.dataset import DatasetInfo, load_examples
+from kdbench.distill.registry import ALGORITHMS, hparams_for
+from kdbench.distill.trainer import train
+from kdbench.errors import ConfigError, KdbenchError, did_you_mean
+from kdbench.models.loading import identity, load_model
+
+
+@dataclass
+class DistillResult:
+    model_dir: str
+    algorithm: str
+    seed: int
+    steps: int
+    train_tokens: int
+    seconds: float
+    tokens_per_s: float
+    peak_mem_mb: float
+    final_loss: float
+    resumed_from: int
+    cached: bool = False
+    hparams: dict | None = None
+
+
+def check_algorithms(names: list[str]) -> None:
+    for n in names:
+        if n not in ALGORITHMS:
+            raise ConfigError(f"unknown algorithm {n!r}{did_you_mean(n, ALGORITHMS)}; available: "
+                              f"{', '.join(ALGORITHMS)} (see `kdbench algorithms`)")
+
+
+def check_same_vocab(algorithm: str, teacher_tok, student_tok, teacher_ref: str, student_ref: str) -> None:
+    """White-box algorithms compare distributions token by token: one vocabulary or nothing."""
+    if teacher_tok.get_vocab() == student_tok.get_vocab():
+        return
+    black = [n for n, a in ALGORITHMS.items() if not a.white_box]
+    raise KdbenchError(
+        f"algorithm {algorithm!r} compares token distributions, but the teacher {teacher_ref!r} "
+        f"(vocabulary of {len(teacher_tok)} tokens) and the student {student_ref!r} "
+        f"(vocabulary of {len(student_tok)} tokens) do not share a vocabulary. "
+        f"Use a student with the teacher's tokenizer, or a black-box algorithm: {', '.join(black)}"
+    )
+
+
+def distill_key(algorithm: str, seed: int, teacher_ref: str, student_ref: str, data_hash: str, cfg) -> str:
+    hp = hparams_for(algorithm, cfg.distill.hparams.get(algorithm))
+    return content_hash(algorithm, seed, identity(teacher_ref, cfg.models.revision), identity(student_ref),
+                        data_hash, cfg.distill.train.model_dump(), hp.model_dump())
+
+
+def distill(algorithm: str, seed: int, teacher_ref: str, student_ref: str, data: DatasetInfo, cfg, home: Path,
+            *, device: str = "cpu", log_fn=None) -> DistillResult:
+    check_algorithms([algorithm])
+    algo = ALGORITHMS[algorithm]
+    hp = hparams_for(algorithm, cfg.distill.hparams.get(algorithm))
+    key = distill_key(algorithm, seed, teacher_ref, student_ref, data.manifest["data_hash"], cfg)
+    out = Path(home) / "students" / f"{data.manifest['pack']}-{algorithm}-s{seed}-{key}"
+    if (out / "DONE").exists():
+        return DistillResult(**{**json.loads((out / "DONE").read_text()), "cached": True})
+
+    student, tok = load_model(student_ref, dtype=cfg.models.dtype, device="cpu",
+                              trust_remote_code=cfg.models.trust_remote_code)
+    teacher = None
+    if algo.white_box:
+        teacher, t_tok = load_model(teacher_ref, revision=cfg.models.revision, dtype=cfg.models.dtype,
+                                    device="cpu", trust_remote_code=cfg.models.trust_remote_code)
+        check_same_vocab(algorithm, t_tok, tok, teacher_ref, student_ref)
+    rows = [r for r in load_examples(data) if r["response"]]
+    examples = [tokenize_example(tok, r["prompt"], r["response"], max_length=cfg.distill.train.max_length)
+                for r in rows]
+    result = train(student, tok, examples, algo.step, cfg=cfg.distill.train, out_dir=out, seed=seed,
+                   teacher=teacher, hp=hp, device=device, log_fn=log_fn,
+                   desc=f"{data.manifest['pack']}: {algorithm} seed {seed}")
+    done = DistillResult(model_dir=str(result.model_dir), algorithm=algorithm, seed=seed, steps=result.steps,
+                         train_tokens=result.train_tokens, seconds=round(result.seconds, 2),
+                         tokens_per_s=round(result.tokens_per_s, 1), peak_mem_mb=round(result.peak_mem_mb, 1),
+                         final_loss=result.final_loss, resumed_from=result.resumed_from, hparams=hp.model_dump())
+    (out / "DONE").write_text(json.dumps(asdict(done), indent=2))
+    return done

@@ -1,0 +1,199 @@
+"""The one training loop every algorithm shares.
+
+An algorithm supplies a *step function* ``step_fn(ctx, batch) -> (loss, logs)``
+(see :class:`StepContext`); this module owns everything around it: device
+placement under accelerate, optional LoRA, AdamW with warm-up and cosine decay,
+a deterministic batch order, a progress bar, periodic atomic checkpoints with
+exact resume, a guard that stops on a NaN/inf loss, and the saved model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from kdbench.data import collate
+from kdbench.errors import KdbenchError, NonFiniteLossError
+
+
+@dataclass
+class StepContext:
+    """What a step function may use. ``teacher`` is None for black-box algorithms."""
+
+    student: torch.nn.Module
+    teacher: torch.nn.Module | None
+    tokenizer: Any
+    hp: Any  # the algorithm's typed hyperparameters
+    device: torch.device
+    step: int = 0
+    generator: torch.Generator | None = None
+    extra: dict = field(default_factory=dict)  # algorithm-owned state (e.g. a projection head)
+
+
+StepFn = Callable[[StepContext, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    steps: int
+    train_tokens: int
+    seconds: float
+    tokens_per_s: float
+    peak_mem_mb: float
+    final_loss: float
+    resumed_from: int = 0
+
+
+def _peak_mem_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _batch_order(n: int, batch_size: int, total_steps: int, seed: int) -> list[list[int]]:
+    """Deterministic batches: a fresh seeded permutation per epoch, so resume is exact."""
+    batches: list[list[int]] = []
+    epoch = 0
+    while len(batches) < total_steps:
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        perm = torch.randperm(n, generator=g).tolist()
+        batches += [perm[i : i + batch_size] for i in range(0, n, batch_size)]
+        epoch += 1
+    return batches[:total_steps]
+
+
+def _save_checkpoint(ckpt: Path, model, optimizer, scheduler, step: int, extra: dict) -> None:
+    """Write to a temporary folder, then swap it in: a failed write never replaces a good checkpoint."""
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "extra": {k: v.state_dict() for k, v in extra.items()
+                                                               if hasattr(v, "state_dict")}},
+               tmp / "state.pt")
+    (tmp / "step.json").write_text(json.dumps({"step": step}))
+    old = ckpt.with_name(ckpt.name + ".old")
+    if ckpt.exists():
+        ckpt.rename(old)
+    tmp.rename(ckpt)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(ckpt: Path, model, optimizer, scheduler, extra: dict) -> int:
+    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    for k, v in state.get("extra", {}).items():
+        if k in extra and hasattr(extra[k], "load_state_dict"):
+            extra[k].load_state_dict(v)
+    return json.loads((ckpt / "step.json").read_text())["step"]
+
+
+def train(student, tokenizer, examples: list[dict], step_fn: StepFn, *, cfg, out_dir: Path, seed: int,
+          teacher=None, hp=None, device: str = "cpu", log_fn: Callable[[int, dict], None] | None = None,
+          desc: str = "train", extra: dict | None = None) -> TrainResult:
+    """Train ``student`` on tokenized ``examples`` with ``step_fn``; save to out_dir/model.
+
+    examples: dicts with input_ids and loss_mask (see kdbench.data.tokenize_example).
+    cfg: a TrainConfig. A checkpoint in out_dir/checkpoint is resumed from.
+    """
+    from accelerate import Accelerator
+    from transformers import get_cosine_schedule_with_warmup
+
+    if not examples:
+        raise KdbenchError(f"{desc}: no training examples; check the elicited dataset")
+    torch.manual_seed(seed)
+    accelerator = Accelerator(cpu=device == "cpu")
+    dev = accelerator.device
+    if cfg.lora:
+        from peft import LoraConfig, get_peft_model
+
+        student = get_peft_model(student, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                                     target_modules="all-linear", task_type="CAUSAL_LM"))
+    extra = extra or {}
+    params = [p for p in student.parameters() if p.requires_grad]
+    params += [p for m in extra.values() if isinstance(m, torch.nn.Module) for p in m.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(examples) / cfg.batch_size))
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
+    student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
+    for m in extra.values():
+        if isinstance(m, torch.nn.Module):
+            m.to(dev)
+    if teacher is not None:
+        teacher.to(dev).eval().requires_grad_(False)
+
+    out_dir = Path(out_dir)
+    ckpt = out_dir / "checkpoint"
+    start = 0
+    if (ckpt / "step.json").exists():
+        start = _load_checkpoint(ckpt, accelerator.unwrap_model(student), optimizer, scheduler, extra)
+        print(f"[kdbench] {desc}: resuming from the checkpoint at step {start}/{total}")
+
+    ctx = StepContext(student=student, teacher=teacher, tokenizer=tokenizer, hp=hp, device=dev,
+                      generator=torch.Generator().manual_seed(seed), extra=extra)
+    order = _batch_order(len(examples), cfg.batch_size, total, seed)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    tokens, loss_val, t0 = 0, float("nan"), time.perf_counter()
+    last_saved = start if start else None
+    student.train()
+    bar = tqdm(range(start, total), desc=desc, initial=start, total=total, dynamic_ncols=True, mininterval=1.0)
+    for step in bar:
+        ctx.step = step
+        idx = order[step][accelerator.process_index :: accelerator.num_processes] or order[step]
+        batch = {k: v.to(dev) for k, v in collate([examples[i] for i in idx], pad).items()}
+        loss, logs = step_fn(ctx, batch)
+        loss_val = float(loss.detach())
+        if not math.isfinite(loss_val):
+            raise NonFiniteLossError(step, loss_val, str(ckpt) if last_saved is not None else None)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        if cfg.grad_clip:
+            accelerator.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        tokens += int(batch["attention_mask"].sum())
+        if step % cfg.log_every == 0 or step == total - 1:
+            rate = tokens / max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix(loss=f"{loss_val:.4f}", tok_s=f"{rate:,.0f}")
+            if log_fn is not None:
+                log_fn(step, {"train.loss": loss_val, "train.lr": scheduler.get_last_lr()[0],
+                              **{f"train.{k}": v for k, v in logs.items()}})
+        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
+            try:
+                _save_checkpoint(ckpt, accelerator.unwrap_model(student), optimizer, scheduler, step + 1, extra)
+            except OSError as e:
+                kept = f"the checkpoint at step {last_saved} is kept" if last_saved else "no earlier checkpoint exists"
+                raise KdbenchError(f"{desc}: could not write the checkpoint at step {step + 1} in {ckpt} ({e}); "
+                                   f"{kept}. Free disk space or fix permissions and rerun to resume.") from e
+            last_saved = step + 1
+    bar.close()
+    seconds = time.perf_counter() - t0
+
+    model = accelerator.unwrap_model(student)
+    if cfg.lora:
+        model = model.merge_and_unload()
+    model_dir = out_dir / "model"
+    if accelerator.is_main_process:
+        tmp = out_dir / "model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(model_dir, ignore_errors=True)
+        tmp.rename(model_dir)
+        shutil.rmtree(ckpt, ignore_errors=True)
+    return TrainResult(model_dir=model_dir, steps=total, train_tokens=tokens, seconds=seconds,
+                       tokens_per_s=tokens / max(seconds, 1e-9), peak_mem_mb=_peak_mem_mb(dev),
+                       final_loss=loss_val, resumed_from=start)

@@ -1,0 +1,110 @@
+"""Teacher backends: turn chat requests into generations.
+
+Every backend has ``generate(requests, sampling) -> list[str]`` where a request
+is a list of chat messages. ``BACKENDS`` is the registry; ``auto`` picks vLLM
+when a GPU and vLLM are present, else ``hf``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from kdbench.data import render_messages
+from kdbench.errors import ConfigError
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class HFBackend:
+    """Batched ``generate`` with transformers: left padding, batches sorted by length."""
+
+    name = "hf"
+
+    def __init__(self, ref: str, *, revision=None, dtype="float32", device="cpu", trust_remote_code=False,
+                 batch_size: int = 32, model=None, tokenizer=None):
+        from kdbench.models.loading import load_model
+
+        if model is None:
+            model, tokenizer = load_model(ref, revision=revision, dtype=dtype, device=device,
+                                          trust_remote_code=trust_remote_code)
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.device, self.batch_size = device, batch_size
+        self.generated_tokens = 0
+        self.seconds = 0.0
+
+    @torch.inference_mode()
+    def generate(self, requests: list[Messages], sampling: Sampling, desc: str = "generate") -> list[str]:
+        tok = self.tokenizer
+        ids = [tok(render_messages(tok, m), add_special_tokens=False)["input_ids"] for m in requests]
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        outputs: list[str] = [""] * len(ids)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        gen = torch.Generator(device="cpu").manual_seed(sampling.seed)
+        bar = tqdm(range(0, len(order), self.batch_size), desc=desc, dynamic_ncols=True, mininterval=1.0)
+        for start in bar:
+            batch = order[start : start + self.batch_size]
+            width = max(len(ids[i]) for i in batch)
+            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            attn = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):  # left padding: generation continues at the right edge
+                input_ids[row, width - len(ids[i]):] = torch.tensor(ids[i])
+                attn[row, width - len(ids[i]):] = 1
+            kwargs = dict(max_new_tokens=sampling.max_new_tokens, pad_token_id=pad, eos_token_id=tok.eos_token_id)
+            if sampling.temperature > 0:
+                torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+                kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
+            else:
+                kwargs.update(do_sample=False)
+            t0 = time.perf_counter()
+            out = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=attn.to(self.device),
+                                      **kwargs)
+            self.seconds += time.perf_counter() - t0
+            new = out[:, width:].cpu()
+            for row, i in enumerate(batch):
+                toks = new[row]
+                keep = toks[toks != pad] if pad != tok.eos_token_id else toks
+                stop = (keep == tok.eos_token_id).nonzero()
+                keep = keep[: int(stop[0])] if len(stop) else keep
+                self.generated_tokens += len(keep)
+                outputs[i] = tok.decode(keep, skip_special_tokens=True).strip()
+            bar.set_postfix(tok_s=f"{self.generated_tokens / max(self.seconds, 1e-9):,.0f}")
+        return outputs
+
+
+def _vllm_usable() -> bool:
+    import importlib.util
+
+    return torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
+
+
+def resolve_backend_name(name: str) -> str:
+    if name == "auto":
+        return "vllm" if _vllm_usable() and "vllm" in BACKENDS else "hf"
+    if name not in BACKENDS:
+        raise ConfigError(f"elicit.backend: {name!r} is not available here; available: {sorted(BACKENDS)}")
+    return name
+
+
+def make_backend(name: str, ref: str, cfg, device: str):
+    """A backend for the teacher ``ref``; ``cfg`` is the run's RunConfig."""
+    name = resolve_backend_name(name)
+    return BACKENDS[name](ref, revision=cfg.models.revision, dtype=cfg.models.dtype, device=device,
+                          trust_remote_code=cfg.models.trust_remote_code, batch_size=cfg.elicit.batch_size)
+
+
+BACKENDS = {"hf": HFBackend}

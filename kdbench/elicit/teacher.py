@@ -1,0 +1,73 @@
+"""The teacher as elicitation methods see it: cached, resumable generation.
+
+``Teacher.generate(method, requests)`` answers chat requests through a backend,
+caching every answer by a content hash of (teacher identity and revision,
+method, messages, sampling settings). The backend is only built when some
+request is not cached yet, so a fully cached rerun never loads the teacher.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kdbench.data import content_hash
+from kdbench.elicit.backends import Messages, Sampling, make_backend, resolve_backend_name
+from kdbench.elicit.cache import GenerationCache
+from kdbench.models.loading import identity
+
+
+@dataclass
+class Teacher:
+    ref: str
+    cfg: object  # RunConfig
+    home: Path
+    device: str = "cpu"
+    backend_name: str = "auto"
+    _backend: object = None
+    stats: dict = field(default_factory=dict)  # method -> {requests, cached, generated_tokens}
+
+    def __post_init__(self):
+        self.backend_name = resolve_backend_name(self.backend_name)
+        self.identity = identity(self.ref, self.cfg.models.revision)
+        self.cache = GenerationCache(Path(self.home) / "generations" / f"{content_hash(self.identity)}.jsonl")
+
+    @property
+    def backend(self):
+        if self._backend is None:
+            self._backend = make_backend(self.backend_name, self.ref, self.cfg, self.device)
+        return self._backend
+
+    def key(self, method: str, messages: Messages, sampling: Sampling) -> str:
+        # The backend is not part of the key: greedy outputs agree across backends,
+        # and a cache filled by one backend should serve the others.
+        return content_hash(self.identity, method, messages, sampling.as_dict())
+
+    def generate(self, method: str, requests: list[Messages], sampling: Sampling, chunk: int = 256) -> list[str]:
+        keys = [self.key(method, m, sampling) for m in requests]
+        todo = [i for i, k in enumerate(keys) if k not in self.cache]
+        # unique requests only: the same prompt asked twice is generated once
+        todo = list({keys[i]: i for i in todo}.values())
+        st = self.stats.setdefault(method, {"requests": 0, "cached": 0, "generated": 0})
+        st["requests"] += len(requests)
+        st["cached"] += len(requests) - len(todo)
+        if todo and len(todo) < len(requests):
+            print(f"[kdbench] {method}: reusing {len(requests) - len(todo)} cached generations, "
+                  f"generating {len(todo)}")
+        for start in range(0, len(todo), chunk):
+            part = todo[start : start + chunk]
+            outs = self.backend.generate([requests[i] for i in part], sampling,
+                                         desc=f"{method} ({start + len(part)}/{len(todo)})")
+            self.cache.put_many([(keys[i], o) for i, o in zip(part, outs, strict=True)])
+            st["generated"] += len(part)
+        return [self.cache.get(k) for k in keys]
+
+    @property
+    def generated_tokens(self) -> int:
+        return getattr(self._backend, "generated_tokens", 0)
+
+
+def teacher_system(pack, method: str) -> str:
+    """The pack's system prompt, plus its instruction for ``method`` when it has one."""
+    instruction = pack.spec.teacher.instructions.get(method, "").strip()
+    return pack.spec.teacher.system_prompt.strip() + (f"\n{instruction}" if instruction else "")

@@ -1,0 +1,125 @@
+"""Evaluate a model on a pack's tasks with lm-evaluation-harness.
+
+``lm_eval.simple_evaluate`` runs the pack's own task YAMLs (found through
+``TaskManager(include_path=...)``) and, with ``--public``, the pack's built-in
+public tasks. Results are cached under ``<home>/evals/<hash>`` by a content hash
+of the model identity, the pack data and the evaluation settings. Per-item
+predictions are kept for the report's side-by-side samples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from kdbench.data import content_hash
+from kdbench.errors import ConfigError, KdbenchError, did_you_mean
+from kdbench.models.loading import identity, load_tokenizer
+
+
+@dataclass
+class EvalResult:
+    model: str
+    metrics: dict[str, dict[str, float]]  # task -> {metric: value, metric_stderr: value, n: count}
+    samples_path: str
+    seconds: float
+    cached: bool = False
+
+
+def tasks_for(pack, cfg) -> list[str]:
+    tasks = cfg.eval.tasks or pack.task_names
+    for t in tasks:
+        if t not in pack.task_names:
+            raise ConfigError(f"eval.tasks: {t!r} is not a task of pack {pack.name!r}{did_you_mean(t, pack.task_names)}; "
+                              f"its tasks: {pack.task_names}")
+    return list(tasks) + (list(pack.spec.public_tasks) if cfg.eval.public else [])
+
+
+def _chat(ref: str, cfg) -> bool:
+    if cfg.eval.apply_chat_template != "auto":
+        return cfg.eval.apply_chat_template == "yes"
+    tok = load_tokenizer(ref, revision=cfg.models.revision, trust_remote_code=cfg.models.trust_remote_code)
+    return bool(getattr(tok, "chat_template", None))
+
+
+def _metrics(results: dict) -> dict[str, dict[str, float]]:
+    """lm-eval's {"acc,none": v, "acc_stderr,none": s, ...} -> {"acc": v, "acc_stderr": s}."""
+    out = {}
+    for task, vals in results.items():
+        row = {}
+        for k, v in vals.items():
+            if "," not in k or not isinstance(v, (int, float)):
+                continue
+            name, filt = k.split(",", 1)
+            row[name if filt == "none" else f"{name}.{filt}"] = float(v)
+        out[task] = row
+    return out
+
+
+def _compact_samples(samples: dict) -> dict[str, list[dict]]:
+    """Per task, per item: id, question, target, prediction, correct (for reports)."""
+    out = {}
+    for task, rows in samples.items():
+        keep = []
+        for s in rows:
+            doc = s["doc"]
+            item = {"doc_id": s["doc_id"], "id": doc.get("id"), "question": doc.get("question")}
+            if "choices" in doc:
+                lls = [r[0] for r in s["filtered_resps"]]
+                pred = max(range(len(lls)), key=lls.__getitem__)
+                item.update(target=doc["choices"][doc["answer"]], prediction=doc["choices"][pred],
+                            correct=pred == doc["answer"])
+            else:
+                resp = s["filtered_resps"][0]
+                item.update(target=doc.get("answer"), prediction=resp if isinstance(resp, str) else resp[0],
+                            correct=bool(s.get("exact_match", 0)), rougeL=s.get("rougeL"))
+            keep.append(item)
+        out[task] = keep
+    return out
+
+
+def evaluate(model_ref: str, pack, cfg, home: Path, *, device: str = "cpu", label: str = "") -> EvalResult:
+    tasks = tasks_for(pack, cfg)
+    if cfg.eval.public and os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", ""):
+        raise ConfigError("--public needs the public datasets from the Hugging Face hub, but this machine is "
+                          "offline (HF_DATASETS_OFFLINE=1); run without --public or on a connected machine")
+    key = content_hash(identity(model_ref, cfg.models.revision), pack.data_hash, tasks, cfg.eval.model_dump(
+        exclude={"samples_per_task"}))
+    out = Path(home) / "evals" / f"{pack.name}-{key}"
+    if (out / "result.json").exists():
+        return EvalResult(**{**json.loads((out / "result.json").read_text()), "cached": True})
+
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    chat = _chat(model_ref, cfg)
+    print(f"[kdbench] {pack.name}: evaluating {label or model_ref} on {', '.join(tasks)}"
+          f"{' (chat template)' if chat else ''}")
+    tm = TaskManager(include_path=str(pack.eval_dir), include_defaults=cfg.eval.public)
+    model_args = {"pretrained": model_ref, "dtype": cfg.models.dtype, "device": device,
+                  "trust_remote_code": cfg.models.trust_remote_code}
+    if cfg.models.revision and not Path(model_ref).exists():
+        model_args["revision"] = cfg.models.revision
+    t0 = time.perf_counter()
+    try:
+        res = lm_eval.simple_evaluate(
+            model="hf", model_args=model_args, tasks=tasks, task_manager=tm, batch_size=cfg.eval.batch_size,
+            limit=cfg.eval.limit, apply_chat_template=chat, log_samples=True, bootstrap_iters=0,
+            gen_kwargs={"max_gen_toks": cfg.eval.max_gen_toks}, random_seed=0, numpy_random_seed=0,
+            torch_random_seed=0, fewshot_random_seed=0, verbosity="WARNING")
+    except Exception as e:  # lm-eval raises many types; keep the cause, name the model and tasks
+        raise KdbenchError(f"lm-eval failed on {model_ref} ({', '.join(tasks)}): {type(e).__name__}: {e}") from e
+    seconds = time.perf_counter() - t0
+    metrics = _metrics(res["results"])
+    for task in tasks:
+        if task in metrics:
+            metrics[task]["n"] = float(res.get("n-samples", {}).get(task, {}).get("effective", 0))
+    out.mkdir(parents=True, exist_ok=True)
+    samples_path = out / "samples.json"
+    samples_path.write_text(json.dumps(_compact_samples(res.get("samples", {})), ensure_ascii=False))
+    result = EvalResult(model=model_ref, metrics=metrics, samples_path=str(samples_path), seconds=round(seconds, 2))
+    (out / "result.json").write_text(json.dumps(asdict(result), indent=2))
+    return result

@@ -1,0 +1,1 @@
+"""Model references (hub ids or local paths) and the embedded tiny default."""

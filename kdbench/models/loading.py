@@ -1,0 +1,67 @@
+"""Load a model reference (a Hugging Face hub id or a local path) the standard way."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from kdbench.errors import KdbenchError
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def load_tokenizer(ref: str, *, revision: str | None = None, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(ref, revision=revision, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise _not_found(ref, e) from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(ref: str, *, revision: str | None = None, dtype: str = "float32", device: str = "cpu",
+               trust_remote_code: bool = False):
+    """(model, tokenizer) through AutoModelForCausalLM.from_pretrained, as for any hub model."""
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(ref, revision=revision, trust_remote_code=trust_remote_code)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(ref, revision=revision, dtype=_DTYPES[dtype],
+                                                     trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise _not_found(ref, e) from None
+    return model.to(device), tok
+
+
+def _not_found(ref: str, e: Exception) -> KdbenchError:
+    hint = (" This machine is offline (HF_HUB_OFFLINE=1): use a local path, or the embedded default `tiny`."
+            if offline() or not Path(ref).exists() else "")
+    return KdbenchError(f"could not load model {ref!r}: {str(e).splitlines()[0]}.{hint}")
+
+
+def identity(ref: str, revision: str | None = None) -> dict:
+    """What identifies a model for caching: its reference, revision and, for a local
+    folder, the fingerprint kdbench wrote when it made it (else its weights' mtimes)."""
+    p = Path(ref)
+    out = {"ref": ref, "revision": revision}
+    if p.is_dir():
+        card = p / "kdbench.json"
+        if card.exists():
+            out["fingerprint"] = json.loads(card.read_text()).get("fingerprint")
+        else:
+            out["mtimes"] = sorted((f.name, f.stat().st_mtime_ns) for f in p.glob("*.safetensors"))
+    return out
+
+
+def vocab_of(tokenizer) -> dict[str, int]:
+    return tokenizer.get_vocab()

@@ -1,0 +1,144 @@
+"""The embedded default: a tiny tokenizer, teacher and student built for a pack.
+
+No hub is needed. A tokenizer is trained on the pack's training-side text (never
+its evaluation items), two Llama-style configs are made from it, the teacher is
+trained on the pack's knowledge and the student is left untrained. Both are
+written with ``save_pretrained`` and read back by ``from_pretrained``, the path
+any hub model takes, so everything downstream treats them like hub models.
+Results are cached under ``<home>/models/<pack>-<hash>`` and reused.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from kdbench.data import QUESTION_TEMPLATE, content_hash, tokenize_example
+from kdbench.packs.loader import DomainPack, iter_pack_texts
+
+RECIPE_VERSION = 1  # bump when the recipe changes so caches rebuild
+SPECIAL = {"pad": "<pad>", "unk": "<unk>", "eos": "<|end|>"}
+ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
+# Each turn is <|role|>content<|end|>; generation stops at <|end|> (the eos token).
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@dataclass
+class TinyModels:
+    teacher: str  # paths, usable as model references
+    student: str
+    cached: bool
+    info: dict
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """Lower-casing BPE with sentencepiece-style word boundaries (▁), as a PreTrainedTokenizerFast.
+
+    Lower-casing and a word-start marker on every word make "Consideration" at the
+    start of an answer and " consideration" mid-sentence the same token, which a
+    model this small needs in order to connect facts across phrasings.
+    """
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=SPECIAL["unk"]))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    specials = [SPECIAL["pad"], SPECIAL["unk"], SPECIAL["eos"], *ROLE_TOKENS]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, min_frequency=2,
+                                  initial_alphabet=list(string.ascii_lowercase + string.digits + string.punctuation + "\n"),
+                                  show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=SPECIAL["pad"], unk_token=SPECIAL["unk"],
+                                   eos_token=SPECIAL["eos"], additional_special_tokens=ROLE_TOKENS)
+    fast.chat_template = CHAT_TEMPLATE
+    fast.model_max_length = 4096
+    return fast
+
+
+def _llama(tokenizer, spec, max_positions: int, seed: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=spec.hidden_size,
+                         intermediate_size=spec.intermediate_size, num_hidden_layers=spec.num_layers,
+                         num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_heads,
+                         max_position_embeddings=max_positions, tie_word_embeddings=True,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         bos_token_id=None)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def teacher_examples(pack: DomainPack, tokenizer, max_length: int) -> list[dict]:
+    """The tiny teacher's curriculum, standing in for a teacher that knows the domain.
+
+    Every fact as a question/answer turn, and every seed that names a fact (or has
+    a checkable reference) answered with it; each with no system prompt (as the
+    evaluation asks) and with the labeling system prompt (as elicitation asks).
+    Evaluation items are never used.
+    """
+    from kdbench.elicit.teacher import teacher_system
+
+    facts = {k.id: k.answer for k in pack.knowledge}
+    pairs = [(k.question, k.answer) for k in pack.knowledge]
+    pairs += [(s.prompt, facts[s.fact]) for s in pack.seeds if s.fact in facts]
+    pairs += [(s.prompt, f"The answer is {s.reference}.") for s in pack.seeds if s.reference and not s.fact]
+    out = []
+    for system in (None, teacher_system(pack, "labeling")):
+        out += [tokenize_example(tokenizer, q, a, system=system, max_length=max_length) for q, a in pairs]
+    return out
+
+
+def _save(model, tokenizer, path: Path, card: dict) -> None:
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / "kdbench.json").write_text(json.dumps(card, indent=2))
+
+
+def build_tiny_models(pack: DomainPack, tiny, home: Path, *, device: str = "cpu",
+                      train_cfg_factory=None) -> TinyModels:
+    """Build (or reuse) the pack's tiny tokenizer, trained teacher and untrained student."""
+    from kdbench.config import TrainConfig
+    from kdbench.distill.sft import sft_step
+    from kdbench.distill.trainer import train
+
+    key = content_hash(RECIPE_VERSION, pack.data_hash, tiny.model_dump())
+    root = Path(home) / "models" / f"{pack.name}-{key}"
+    if (root / "DONE").exists():
+        return TinyModels(str(root / "teacher"), str(root / "student"), True,
+                          json.loads((root / "DONE").read_text()))
+    root.mkdir(parents=True, exist_ok=True)
+    texts = list(iter_pack_texts(pack)) + [QUESTION_TEMPLATE.format(prompt=k.question) for k in pack.knowledge]
+    tokenizer = train_tokenizer(texts, tiny.vocab_size)
+    print(f"[kdbench] {pack.name}: trained a tokenizer of {len(tokenizer)} tokens on {len(texts)} texts")
+
+    teacher = _llama(tokenizer, tiny.teacher, tiny.max_positions, tiny.seed)
+    examples = teacher_examples(pack, tokenizer, tiny.max_positions)
+    cfg = TrainConfig(epochs=tiny.teacher_epochs, batch_size=tiny.teacher_batch_size, lr=tiny.teacher_lr,
+                      max_length=tiny.max_positions, save_every=0, warmup_ratio=0.05)
+    work = root / "teacher-train"
+    result = train(teacher, tokenizer, examples, sft_step, cfg=cfg, out_dir=work, seed=tiny.seed,
+                   device=device, desc=f"{pack.name}: train tiny teacher")
+    teacher = type(teacher).from_pretrained(result.model_dir)
+    student = _llama(tokenizer, tiny.student, tiny.max_positions, tiny.seed + 1)
+
+    n_params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    info = {"pack": pack.name, "data_hash": pack.data_hash, "recipe": RECIPE_VERSION, "vocab": len(tokenizer),
+            "teacher_params": n_params(teacher), "student_params": n_params(student),
+            "teacher_final_loss": result.final_loss, "teacher_train_seconds": round(result.seconds, 1),
+            "teacher_examples": len(examples)}
+    _save(teacher, tokenizer, root / "teacher", {"fingerprint": f"{key}-teacher", "role": "teacher", **info})
+    _save(student, tokenizer, root / "student", {"fingerprint": f"{key}-student", "role": "student", **info})
+    shutil.rmtree(work, ignore_errors=True)
+    (root / "DONE").write_text(json.dumps(info, indent=2))
+    return TinyModels(str(root / "teacher"), str(root / "student"), False, info)

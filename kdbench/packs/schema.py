@@ -1,0 +1,152 @@
+"""The schema of a domain pack: pack.yaml and the items of its JSONL files.
+
+Unknown keys are errors (``extra="forbid"``) so a typo such as ``promt`` is
+reported instead of silently ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ELICITATION_METHODS = ("labeling", "expansion", "curation", "feedback", "self_knowledge", "feature")
+TASK_KINDS = ("multiple_choice", "generation")
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TeacherSpec(_Strict):
+    system_prompt: str = Field(min_length=1)
+    instructions: dict[str, str] = {}
+
+    @field_validator("instructions")
+    @classmethod
+    def _known_methods(cls, v: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(v) - set(ELICITATION_METHODS))
+        if unknown:
+            raise ValueError(f"unknown elicitation method(s) {unknown}; known: {list(ELICITATION_METHODS)}")
+        return v
+
+
+class FilesSpec(_Strict):
+    knowledge: str = "knowledge.jsonl"
+    seeds: str = "seeds.jsonl"
+
+
+class TaskSpec(_Strict):
+    name: str
+    kind: Literal["multiple_choice", "generation"]
+    data: str
+    metric: str = "acc"
+
+    @field_validator("name")
+    @classmethod
+    def _task_name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("task names are lower-case letters, digits and underscores, starting with a letter")
+        return v
+
+
+class EvalSpec(_Strict):
+    include_path: str = "eval"
+    tasks: list[TaskSpec] = Field(min_length=1)
+
+
+class GeneratorSpec(_Strict):
+    name: str
+    count: int = Field(default=20, ge=1, le=100_000)
+    seed: int = 0
+    topic: str | None = None
+
+
+class PackSpec(_Strict):
+    name: str
+    version: str
+    description: str
+    license: str
+    topics: list[str] = Field(min_length=1)
+    teacher: TeacherSpec
+    elicitation: list[str] = ["labeling"]
+    files: FilesSpec = FilesSpec()
+    eval: EvalSpec
+    public_tasks: list[str] = []
+    generators: list[GeneratorSpec] = []
+
+    @field_validator("name")
+    @classmethod
+    def _pack_name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("pack names are lower-case letters, digits and underscores, starting with a letter")
+        return v
+
+    @field_validator("elicitation")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        unknown = [m for m in v if m not in ELICITATION_METHODS]
+        if unknown:
+            raise ValueError(f"unknown elicitation method(s) {unknown}; known: {list(ELICITATION_METHODS)}")
+        return v
+
+
+# ---- JSONL items ---------------------------------------------------------------
+
+
+class KnowledgeItem(_Strict):
+    id: str = Field(min_length=1)
+    topic: str
+    question: str = Field(min_length=1)
+    answer: str = Field(min_length=1)
+
+
+class SeedItem(_Strict):
+    id: str = Field(min_length=1)
+    topic: str
+    prompt: str = Field(min_length=1)
+    fact: str | None = None
+    # A checkable answer (generators): lets feedback and self-knowledge verify
+    # outputs without a teacher.
+    reference: str | None = None
+    check: Literal["numeric", "text"] | None = None
+
+
+class MCItem(_Strict):
+    id: str = Field(min_length=1)
+    topic: str
+    question: str = Field(min_length=1)
+    choices: list[str] = Field(min_length=2)
+    answer: int
+    fact: str | None = None
+
+    @field_validator("answer")
+    @classmethod
+    def _answer_index(cls, v: int, info) -> int:
+        choices = info.data.get("choices")
+        if choices is not None and not 0 <= v < len(choices):
+            raise ValueError(f"answer must index choices (0..{len(choices) - 1}), got {v}")
+        return v
+
+    @property
+    def text(self) -> str:
+        """The item as decontamination sees it: the question and its right answer."""
+        return f"{self.question} {self.choices[self.answer]}"
+
+
+class QAItem(_Strict):
+    id: str = Field(min_length=1)
+    topic: str
+    question: str = Field(min_length=1)
+    answer: str = Field(min_length=1)
+    aliases: list[str] = []
+    fact: str | None = None
+
+    @property
+    def text(self) -> str:
+        return f"{self.question} {self.answer}"
+
+
+ITEM_MODELS = {"multiple_choice": MCItem, "generation": QAItem}
