@@ -41,6 +41,7 @@ class TinyConfig(_Strict):
     teacher_epochs: float = 30.0
     teacher_lr: float = 2e-3
     teacher_batch_size: int = 16
+    teacher_weight_decay: float = 0.0
     seed: int = 1234
 
 

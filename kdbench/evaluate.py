@@ -109,7 +109,7 @@ def evaluate(model_ref: str, pack, cfg, home: Path, *, device: str = "cpu", labe
             model="hf", model_args=model_args, tasks=tasks, task_manager=tm, batch_size=cfg.eval.batch_size,
             limit=cfg.eval.limit, apply_chat_template=chat, log_samples=True, bootstrap_iters=0,
             gen_kwargs={"max_gen_toks": cfg.eval.max_gen_toks}, random_seed=0, numpy_random_seed=0,
-            torch_random_seed=0, fewshot_random_seed=0, verbosity="WARNING")
+            torch_random_seed=0, fewshot_random_seed=0, verbosity="ERROR")
     except Exception as e:  # lm-eval raises many types; keep the cause, name the model and tasks
         raise KdbenchError(f"lm-eval failed on {model_ref} ({', '.join(tasks)}): {type(e).__name__}: {e}") from e
     seconds = time.perf_counter() - t0

@@ -61,14 +61,26 @@ def _peak_mem_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _batch_order(n: int, batch_size: int, total_steps: int, seed: int) -> list[list[int]]:
-    """Deterministic batches: a fresh seeded permutation per epoch, so resume is exact."""
+def _batch_order(lengths: list[int], batch_size: int, total_steps: int, seed: int) -> list[list[int]]:
+    """Deterministic batches, so a resumed run sees exactly the batches it would have.
+
+    Each epoch draws a seeded permutation, sorts windows of 16 batches by length
+    (less padding, often 1.3x faster on short chat examples) and shuffles the
+    resulting batches.
+    """
+    n = len(lengths)
     batches: list[list[int]] = []
     epoch = 0
     while len(batches) < total_steps:
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)
         perm = torch.randperm(n, generator=g).tolist()
-        batches += [perm[i : i + batch_size] for i in range(0, n, batch_size)]
+        window = batch_size * 16
+        epoch_batches = []
+        for w in range(0, n, window):
+            part = sorted(perm[w : w + window], key=lengths.__getitem__)
+            epoch_batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+        order = torch.randperm(len(epoch_batches), generator=g).tolist()
+        batches += [epoch_batches[i] for i in order]
         epoch += 1
     return batches[:total_steps]
 
@@ -144,7 +156,7 @@ def train(student, tokenizer, examples: list[dict], step_fn: StepFn, *, cfg, out
 
     ctx = StepContext(student=student, teacher=teacher, tokenizer=tokenizer, hp=hp, device=dev,
                       generator=torch.Generator().manual_seed(seed), extra=extra)
-    order = _batch_order(len(examples), cfg.batch_size, total, seed)
+    order = _batch_order([len(e["input_ids"]) for e in examples], cfg.batch_size, total, seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     tokens, loss_val, t0 = 0, float("nan"), time.perf_counter()
     last_saved = start if start else None

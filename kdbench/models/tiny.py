@@ -125,7 +125,8 @@ def build_tiny_models(pack: DomainPack, tiny, home: Path, *, device: str = "cpu"
     teacher = _llama(tokenizer, tiny.teacher, tiny.max_positions, tiny.seed)
     examples = teacher_examples(pack, tokenizer, tiny.max_positions)
     cfg = TrainConfig(epochs=tiny.teacher_epochs, batch_size=tiny.teacher_batch_size, lr=tiny.teacher_lr,
-                      max_length=tiny.max_positions, save_every=0, warmup_ratio=0.05)
+                      max_length=tiny.max_positions, save_every=0, warmup_ratio=0.05,
+                      weight_decay=tiny.teacher_weight_decay)
     work = root / "teacher-train"
     result = train(teacher, tokenizer, examples, sft_step, cfg=cfg, out_dir=work, seed=tiny.seed,
                    device=device, desc=f"{pack.name}: train tiny teacher")

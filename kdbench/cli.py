@@ -1,0 +1,241 @@
+"""The `kdbench` command: run packs, list algorithms, manage packs, write reports."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from kdbench.errors import KdbenchError
+
+
+def _quiet_env() -> None:
+    """Defaults for a machine that may be offline: no telemetry, no stray network look-ups."""
+    for k, v in {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                 "DO_NOT_TRACK": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false",
+                 "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+                 # the temporary local server can take over 20 s to start on a busy 2-core machine
+                 "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}.items():
+        os.environ.setdefault(k, v)
+
+
+def _csv(s: str | None) -> list[str] | None:
+    return [x.strip() for x in s.split(",") if x.strip()] if s else None
+
+
+def _set(overrides: dict, dotted: str, value) -> None:
+    node = overrides
+    *parents, last = dotted.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[last] = value
+
+
+def run_overrides(a: argparse.Namespace) -> dict:
+    """Flags -> a nested dict over the run config (flags win over the YAML)."""
+    import yaml
+
+    o: dict = {"pack": a.pack}
+    simple = {"home": a.home, "report_dir": a.report_dir, "device": a.device, "models.teacher": a.teacher,
+              "models.students": _csv(a.students), "distill.algorithms": _csv(a.algorithms),
+              "distill.seeds": [int(s) for s in _csv(a.seeds)] if a.seeds else None,
+              "elicit.methods": _csv(a.methods), "elicit.backend": a.backend, "elicit.limit": a.seed_limit,
+              "eval.limit": a.eval_limit, "eval.public": True if a.public else None,
+              "tracking.uri": a.tracking_uri, "distill.train.epochs": a.epochs,
+              "distill.train.lora": True if a.lora else None}
+    for k, v in simple.items():
+        if v is not None:
+            _set(o, k, v)
+    for item in a.set or []:
+        if "=" not in item:
+            raise KdbenchError(f"--set {item!r}: expected KEY=VALUE, e.g. --set distill.hparams.jsd.beta=0.9")
+        k, v = item.split("=", 1)
+        _set(o, k.strip(), yaml.safe_load(v))
+    return o
+
+
+def preflight(cfg) -> None:
+    """Every check that can fail on bad input, before anything is written anywhere."""
+    from kdbench.config import TINY
+    from kdbench.distill.run import check_algorithms
+    from kdbench.elicit import check_methods
+    from kdbench.elicit.backends import resolve_backend_name
+    from kdbench.evaluate import tasks_for
+    from kdbench.packs import load_pack
+
+    pack = load_pack(cfg.pack)
+    check_algorithms(cfg.distill.algorithms)
+    check_methods(cfg.elicit.methods, pack)
+    resolve_backend_name(cfg.elicit.backend)
+    tasks_for(pack, cfg)
+    from kdbench.distill.registry import hparams_for
+
+    for algo in cfg.distill.algorithms:
+        hparams_for(algo, cfg.distill.hparams.get(algo))
+    for name in cfg.distill.hparams:
+        check_algorithms([name])
+    refs = [cfg.models.teacher, *cfg.models.students]
+    local = all(r == TINY or Path(r).exists() for r in refs)
+    if local and not cfg.eval.public:  # nothing needs the hub: make sure nothing tries it
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    if cfg.eval.public and os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", ""):
+        raise KdbenchError("--public evaluates on the pack's public lm-eval tasks "
+                           f"({', '.join(pack.spec.public_tasks)}), which need the Hugging Face hub; "
+                           "this machine is offline (HF_DATASETS_OFFLINE=1). Run without --public.")
+    if cfg.eval.public:
+        _check_hub_reachable(pack)
+
+
+def _check_hub_reachable(pack) -> None:
+    import urllib.request
+
+    try:
+        urllib.request.urlopen("https://huggingface.co/api/datasets?limit=1", timeout=5)
+    except OSError as e:
+        raise KdbenchError(f"--public needs the Hugging Face hub for {', '.join(pack.spec.public_tasks)}, "
+                           f"but it cannot be reached ({e}). Run without --public, or on a connected machine.") from None
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from kdbench.config import load_config
+
+    cfg = load_config(a.config, run_overrides(a))
+    preflight(cfg)
+    os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(cfg.home_path / "prefect-results"))
+    from flows.domain import domain_flow
+
+    domain_flow(cfg.model_dump(mode="json"))
+    return 0
+
+
+def cmd_algorithms(a: argparse.Namespace) -> int:
+    from kdbench.distill.registry import ALGORITHMS
+
+    width = max(map(len, ALGORITHMS))
+    for name, algo in ALGORITHMS.items():
+        box = "white-box" if algo.white_box else "black-box"
+        print(f"{name:<{width}}  {algo.family:<24} {box:<9}  {algo.summary}")
+    return 0
+
+
+def cmd_packs(a: argparse.Namespace) -> int:
+    from kdbench.packs import list_packs, load_pack
+
+    if a.packs_cmd == "list":
+        packs = list_packs()
+        if not packs:
+            print("no packs found (looked in ./domains, the repo's domains/ and $KDBENCH_DOMAINS)")
+        for name, path in packs.items():
+            try:
+                p = load_pack(path)
+                counts = ", ".join(f"{k} {v}" for k, v in p.counts().items())
+                print(f"{name:<12} v{p.spec.version:<8} {counts}   ({path})")
+            except KdbenchError as e:
+                print(f"{name:<12} INVALID: {str(e).splitlines()[0]}   ({path})")
+        return 0
+    if a.packs_cmd == "validate":
+        failed = 0
+        for target in a.paths or list(list_packs()):
+            try:
+                p = load_pack(target)
+                print(f"ok: {p.name} ({p.root}): " + ", ".join(f"{k} {v}" for k, v in p.counts().items()))
+            except KdbenchError as e:
+                failed += 1
+                print(f"FAILED: {e}", file=sys.stderr)
+        return 1 if failed else 0
+    if a.packs_cmd == "new":
+        from kdbench.packs.scaffold import scaffold
+
+        root = scaffold(a.name, Path(a.dir))
+        print(f"created pack {a.name!r} at {root}\nnext: edit its files, then `kdbench packs validate {root}` "
+              f"and `kdbench run {root}` (see {root / 'README.md'})")
+        return 0
+    return 2
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from kdbench.config import load_config
+    from kdbench.report import write_report
+
+    over: dict = {"pack": (_csv(a.pack) or ["all"])[0]}
+    if a.home:
+        over["home"] = a.home
+    if a.tracking_uri:
+        _set(over, "tracking.uri", a.tracking_uri)
+    cfg = load_config(a.config, over)
+    paths = write_report(cfg, packs=_csv(a.pack), algorithms=_csv(a.algorithms), since=a.since, out_dir=a.out)
+    for k, v in paths.items():
+        print(f"{k}: {Path(v).resolve()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from kdbench.distill.registry import ALGORITHMS
+
+    p = argparse.ArgumentParser(prog="kdbench", description="Benchmark knowledge distillation of LLMs into domain "
+                                "verticals (Prefect flows, lm-eval, MLflow).")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="run the benchmark flow for one pack",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="algorithms:\n" + "\n".join(f"  {n:<8} {a.summary}" for n, a in ALGORITHMS.items()))
+    r.add_argument("pack", help="pack name (see `kdbench packs list`) or path to a pack folder")
+    r.add_argument("--config", help="run config YAML (flags override it)")
+    r.add_argument("--teacher", help="teacher: hub id, local path, or 'tiny' (default: tiny)")
+    r.add_argument("--students", help="comma-separated students (default: tiny)")
+    r.add_argument("--algorithms", help=f"comma-separated, from: {','.join(ALGORITHMS)} (default: sft,fkl)")
+    r.add_argument("--seeds", help="comma-separated seeds (default: 0,1)")
+    r.add_argument("--methods", help="elicitation methods (default: labeling)")
+    r.add_argument("--backend", choices=["auto", "hf", "vllm", "openai"], help="teacher backend (default: auto)")
+    r.add_argument("--home", help="cache/checkpoint/tracking folder (default: .kdbench)")
+    r.add_argument("--report-dir", help="where leaderboards are written (default: reports/leaderboards)")
+    r.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite under --home)")
+    r.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    r.add_argument("--epochs", type=float, help="distillation epochs")
+    r.add_argument("--lora", action="store_true", help="train students with LoRA adapters (peft)")
+    r.add_argument("--public", action="store_true", help="also evaluate on the pack's public lm-eval tasks")
+    r.add_argument("--seed-limit", type=int, help="use only the first N seeds (quick looks)")
+    r.add_argument("--eval-limit", type=int, help="evaluate on the first N items per task (quick looks)")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any config key, e.g. --set distill.hparams.jsd.beta=0.9 (repeatable)")
+    r.set_defaults(fn=cmd_run)
+
+    al = sub.add_parser("algorithms", help="list the distillation algorithms")
+    al.set_defaults(fn=cmd_algorithms)
+
+    pk = sub.add_parser("packs", help="list, validate or create domain packs")
+    psub = pk.add_subparsers(dest="packs_cmd", required=True)
+    psub.add_parser("list", help="the packs found, with item counts")
+    v = psub.add_parser("validate", help="validate packs (default: every pack found)")
+    v.add_argument("paths", nargs="*", help="pack names or folders")
+    n = psub.add_parser("new", help="scaffold a new, valid pack with example items")
+    n.add_argument("name")
+    n.add_argument("--dir", default="domains", help="parent folder (default: ./domains)")
+    pk.set_defaults(fn=cmd_packs)
+
+    rp = sub.add_parser("report", help="write leaderboards from MLflow runs")
+    rp.add_argument("--pack", help="comma-separated packs (default: all)")
+    rp.add_argument("--algorithms", help="comma-separated algorithms (default: all)")
+    rp.add_argument("--since", help="only runs started at or after this date/time (ISO, e.g. 2026-11-01)")
+    rp.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite under --home)")
+    rp.add_argument("--home", help="run home holding the default SQLite DB (default: .kdbench)")
+    rp.add_argument("--config", help="run config YAML to read tracking settings from")
+    rp.add_argument("--out", help="output folder (default: reports/leaderboards)")
+    rp.set_defaults(fn=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_env()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except KdbenchError as e:
+        print(f"kdbench: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
