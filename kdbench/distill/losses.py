@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 DEFAULT_CHUNK = 128
 _FLOOR = -1e30  # stands in for log(0) so 0 * log(0) terms are 0, not NaN
+TAIL_FLOOR = 1e-6  # smallest tail mass a top-k teacher is taken to have (see _bins)
 
 
 class TopK(NamedTuple):
@@ -114,18 +115,23 @@ def _teacher_rows(teacher, idx: torch.Tensor, temperature: float):
 
 
 def _bins(ls: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
-    """Student and teacher log-probs on the same support: full vocab, or top-k + tail."""
+    """Student and teacher log-probs on the same support: full vocab, or top-k + tail.
+
+    The student's tail mass is summed exactly over the unlisted tokens; the
+    teacher's is 1 - (listed mass). Both are floored at TAIL_FLOOR so float
+    rounding in a tail that is really empty (k = V, or a peaked teacher) cannot
+    turn into a huge p_tail * log(p_tail / q_tail) term.
+    """
     if not isinstance(t, tuple):
         return ls, t.clamp_min(_FLOOR)
     ids, lt_k = t
     ls_k = ls.gather(-1, ids)
-
-    def with_tail(lk: torch.Tensor) -> torch.Tensor:
-        head = torch.logsumexp(lk, dim=-1, keepdim=True).clamp_max(0.0)
-        tail = torch.log(-torch.expm1(head)).clamp_min(_FLOOR)  # log(1 - sum of top-k mass)
-        return torch.cat([lk, tail], dim=-1)
-
-    return with_tail(ls_k), with_tail(lt_k).clamp_min(_FLOOR)
+    s_tail = torch.logsumexp(ls.scatter(-1, ids, float("-inf")), dim=-1, keepdim=True)
+    t_head = torch.logsumexp(lt_k, dim=-1, keepdim=True).clamp_max(0.0)
+    t_tail = torch.log(-torch.expm1(t_head))
+    floor = math.log(TAIL_FLOOR)
+    return (torch.cat([ls_k, s_tail.clamp_min(floor)], dim=-1),
+            torch.cat([lt_k, t_tail.clamp_min(floor)], dim=-1).clamp_min(_FLOOR))
 
 
 class _ChunkedDivergence(torch.autograd.Function):
@@ -144,7 +150,7 @@ class _ChunkedDivergence(torch.autograd.Function):
                 ls = F.log_softmax(s / temperature, dim=-1)
                 ls_b, lt_b = _bins(ls, _teacher_rows(teacher, idx, temperature))
                 part = (position_fn(ls_b, lt_b) * weights.index_select(0, idx)).sum()
-            if needs_grad:
+            if needs_grad and part.requires_grad:  # e.g. skl at alpha = 1 does not depend on s
                 (g,) = torch.autograd.grad(part, s)
                 grad.index_copy_(0, idx, g.to(grad.dtype))
             total += part.detach()
