@@ -42,6 +42,7 @@ class TinyConfig(_Strict):
     teacher_lr: float = 2e-3
     teacher_batch_size: int = 16
     teacher_weight_decay: float = 0.0
+    teacher_cues: int = 4  # noisy cue prompts per fact in the teacher's curriculum (see models/tiny.py)
     seed: int = 1234
 
 

@@ -63,18 +63,46 @@ def tokenize_example(tokenizer, prompt: str, response: str, *, system: str | Non
     return {"input_ids": ids, "loss_mask": [0] * (len(bos) + len(p_ids)) + [1] * len(r_ids)}
 
 
-def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch: input_ids [B,T], attention_mask [B,T], loss_mask [B,T] (bool)."""
-    width = max(len(e["input_ids"]) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(examples), width), dtype=torch.long)
-    loss = torch.zeros((len(examples), width), dtype=torch.bool)
-    for i, e in enumerate(examples):
-        n = len(e["input_ids"])
-        ids[i, :n] = torch.tensor(e["input_ids"])
-        attn[i, :n] = 1
-        loss[i, :n] = torch.tensor(e["loss_mask"], dtype=torch.bool)
-    return {"input_ids": ids, "attention_mask": attn, "loss_mask": loss}
+def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch of token sequences.
+
+    Every ``<prefix>input_ids`` key becomes [B,T] with ``<prefix>attention_mask``
+    [B,T] and ``<prefix>loss_mask`` [B,T] (bool), so one example can carry several
+    sequences (DPO's chosen and ``rejected_`` ones). Per-token teacher top-k
+    entries (``teacher_topk_ids``/``_logprobs``, lists of k-lists aligned with
+    input_ids) become [B,T,k], padded with id 0 and log-prob 0. Scalar entries
+    (floats/ints) become [B] tensors.
+    """
+    out: dict[str, torch.Tensor] = {}
+    keys = examples[0].keys()
+    for key in keys:
+        if not key.endswith("input_ids"):
+            continue
+        prefix = key[: -len("input_ids")]
+        width = max(len(e[key]) for e in examples)
+        ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+        attn = torch.zeros((len(examples), width), dtype=torch.long)
+        loss = torch.zeros((len(examples), width), dtype=torch.bool)
+        for i, e in enumerate(examples):
+            n = len(e[key])
+            ids[i, :n] = torch.tensor(e[key])
+            attn[i, :n] = 1
+            loss[i, :n] = torch.tensor(e[prefix + "loss_mask"], dtype=torch.bool)
+        out[key], out[prefix + "attention_mask"], out[prefix + "loss_mask"] = ids, attn, loss
+    if "teacher_topk_ids" in keys:
+        width = out["input_ids"].shape[1]
+        k = len(examples[0]["teacher_topk_ids"][0])
+        tid = torch.zeros((len(examples), width, k), dtype=torch.long)
+        tlp = torch.zeros((len(examples), width, k), dtype=torch.float32)
+        for i, e in enumerate(examples):
+            n = len(e["teacher_topk_ids"])
+            tid[i, :n] = torch.as_tensor(e["teacher_topk_ids"], dtype=torch.long)
+            tlp[i, :n] = torch.as_tensor(e["teacher_topk_logprobs"], dtype=torch.float32)
+        out["teacher_topk_ids"], out["teacher_topk_logprobs"] = tid, tlp
+    for key in keys:
+        if isinstance(examples[0][key], (int, float)) and not isinstance(examples[0][key], bool):
+            out[key] = torch.tensor([e[key] for e in examples])
+    return out
 
 
 def content_hash(*parts) -> str:

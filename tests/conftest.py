@@ -29,3 +29,26 @@ def copy_pack(tmp_path):
         return dst
 
     return _copy
+
+
+MICRO = {"vocab_size": 400, "max_positions": 128, "teacher_epochs": 3,
+         "teacher": {"hidden_size": 48, "num_layers": 2, "num_heads": 2, "intermediate_size": 96},
+         "student": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}}
+
+
+@pytest.fixture(scope="session")
+def micro(tmp_path_factory):
+    """A scaffolded pack with micro teacher/student built by the real tiny recipe (seconds)."""
+    from kdbench.config import load_config
+    from kdbench.models.tiny import build_tiny_models
+    from kdbench.packs import load_pack
+    from kdbench.packs.scaffold import scaffold
+
+    tmp = tmp_path_factory.mktemp("micro")
+    root = scaffold("geo", tmp / "domains")
+    cfg = load_config(overrides={"pack": str(root), "home": str(tmp / "home"), "report_dir": str(tmp / "reports"),
+                                 "tiny": MICRO, "eval": {"max_gen_toks": 12},
+                                 "distill": {"train": {"epochs": 2, "batch_size": 4, "save_every": 2}}})
+    pack = load_pack(root)
+    models = build_tiny_models(pack, cfg.tiny, cfg.home_path)
+    return type("Micro", (), {"cfg": cfg, "pack": pack, "models": models, "tmp": tmp})

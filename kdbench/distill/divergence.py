@@ -38,6 +38,8 @@ def teacher_targets(ctx: StepContext, batch) -> torch.Tensor | TopK:
     """Teacher next-token distributions for the batch: cached top-k or a forward pass."""
     if "teacher_topk_ids" in batch:
         return TopK(batch["teacher_topk_ids"], batch["teacher_topk_logprobs"])
+    if "_teacher_logits" in batch:  # already computed by the caller (e.g. hidden)
+        return batch["_teacher_logits"]
     return ctx.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
 

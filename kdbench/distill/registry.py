@@ -6,11 +6,12 @@ family, then add one entry here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from kdbench.distill import divergence, sft
+from kdbench.distill import divergence, dpo, gkd, hidden, minillm, sft
 from kdbench.distill.trainer import StepFn
 
 
@@ -21,24 +22,39 @@ class Algorithm:
     summary: str  # one line for `kdbench algorithms`
     step: StepFn
     config: type[BaseModel]
-    white_box: bool  # needs teacher logits/states, hence one shared vocabulary
+    white_box: bool  # compares token distributions or states: one shared vocabulary
+    teacher_model: bool = False  # needs the teacher loaded (not only its cached top-k)
+    data: str = "response"  # rows it trains on: "response" (prompt, response) or "pairs" (chosen, rejected)
+    needs_methods: tuple[str, ...] = ()  # elicitation methods whose rows it needs
+    prepare: Callable | None = None  # (rows, tokenizer, max_length, student) -> examples
+    make_extra: Callable | None = None  # (student, teacher, hp) -> trainable modules beside the student
+
+
+def _div(name: str, summary: str) -> Algorithm:
+    return Algorithm(name, "divergence", summary, divergence.make_step(name), divergence.DivergenceConfig,
+                     white_box=True)
 
 
 ALGORITHMS: dict[str, Algorithm] = {
     "sft": Algorithm("sft", "supervised fine-tuning", "sequence-level KD: cross-entropy on the teacher's text",
                      sft.sft_step, sft.SFTConfig, white_box=False),
-    "fkl": Algorithm("fkl", "divergence", "forward KL(p||q) to the teacher's token distributions",
-                     divergence.make_step("fkl"), divergence.DivergenceConfig, white_box=True),
-    "rkl": Algorithm("rkl", "divergence", "reverse KL(q||p), mode-seeking, on teacher text",
-                     divergence.make_step("rkl"), divergence.DivergenceConfig, white_box=True),
-    "jsd": Algorithm("jsd", "divergence", "generalised Jensen-Shannon divergence (beta)",
-                     divergence.make_step("jsd"), divergence.DivergenceConfig, white_box=True),
-    "tvd": Algorithm("tvd", "divergence", "total variation distance between token distributions",
-                     divergence.make_step("tvd"), divergence.DivergenceConfig, white_box=True),
-    "skl": Algorithm("skl", "divergence", "DistiLLM skew KL(p || a p + (1-a) q)",
-                     divergence.make_step("skl"), divergence.DivergenceConfig, white_box=True),
-    "srkl": Algorithm("srkl", "divergence", "DistiLLM skew reverse KL(q || (1-a) q + a p)",
-                      divergence.make_step("srkl"), divergence.DivergenceConfig, white_box=True),
+    "fkl": _div("fkl", "forward KL(p||q) to the teacher's token distributions (word-level KD)"),
+    "rkl": _div("rkl", "reverse KL(q||p): mode-seeking, on the teacher's text"),
+    "jsd": _div("jsd", "generalised Jensen-Shannon divergence, weight beta on the teacher"),
+    "tvd": _div("tvd", "total variation distance between token distributions"),
+    "skl": _div("skl", "DistiLLM skew KL(p || a p + (1-a) q)"),
+    "srkl": _div("srkl", "DistiLLM skew reverse KL(q || (1-a) q + a p)"),
+    "gkd": Algorithm("gkd", "divergence (on-policy)", "GKD: a fraction lambda of batches on the student's own samples",
+                     gkd.gkd_step, gkd.GKDConfig, white_box=True, teacher_model=True),
+    "minillm": Algorithm("minillm", "reinforcement learning", "MiniLLM: reverse KL by policy gradient, teacher-mixed "
+                         "sampling, length-normalised rewards", minillm.minillm_step, minillm.MiniLLMConfig,
+                         white_box=True, teacher_model=True),
+    "dpo": Algorithm("dpo", "rank optimization", "DPO on pairs the teacher judged (its answer vs the student's)",
+                     dpo.dpo_step, dpo.DPOConfig, white_box=False, data="pairs", needs_methods=("feedback",),
+                     prepare=dpo.prepare),
+    "hidden": Algorithm("hidden", "feature", "projected hidden-state matching (MSE/cosine) beside a logit loss",
+                        hidden.hidden_step, hidden.HiddenConfig, white_box=True, teacher_model=True,
+                        make_extra=hidden.make_projections),
 }
 
 

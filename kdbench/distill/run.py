@@ -74,16 +74,26 @@ def distill(algorithm: str, seed: int, teacher_ref: str, student_ref: str, data:
 
     student, tok = load_model(student_ref, dtype=cfg.models.dtype, device="cpu",
                               trust_remote_code=cfg.models.trust_remote_code)
+    all_rows = load_examples(data)
+    rows = ([r for r in all_rows if r.get("chosen") and r.get("rejected")] if algo.data == "pairs"
+            else [r for r in all_rows if r.get("response")])
+    if not rows:
+        need = f"pairs from the {', '.join(algo.needs_methods)} elicitation" if algo.data == "pairs" else "responses"
+        raise KdbenchError(f"algorithm {algorithm!r} needs {need}, but the dataset at {data.path} has none; "
+                           f"add the method with --methods")
     teacher = None
     if algo.white_box:
         teacher, t_tok = load_model(teacher_ref, revision=cfg.models.revision, dtype=cfg.models.dtype,
                                     device="cpu", trust_remote_code=cfg.models.trust_remote_code)
         check_same_vocab(algorithm, t_tok, tok, teacher_ref, student_ref)
-    rows = [r for r in load_examples(data) if r["response"]]
-    examples = [tokenize_example(tok, r["prompt"], r["response"], max_length=cfg.distill.train.max_length)
-                for r in rows]
+    max_len = cfg.distill.train.max_length
+    if algo.prepare is not None:
+        examples = algo.prepare(rows, tok, max_len, student)
+    else:
+        examples = [tokenize_example(tok, r["prompt"], r["response"], max_length=max_len) for r in rows]
+    extra = algo.make_extra(student, teacher, hp) if algo.make_extra else None
     result = train(student, tok, examples, algo.step, cfg=cfg.distill.train, out_dir=out, seed=seed,
-                   teacher=teacher, hp=hp, device=device, log_fn=log_fn,
+                   teacher=teacher, hp=hp, device=device, log_fn=log_fn, extra=extra,
                    desc=f"{data.manifest['pack']}: {algorithm} seed {seed}")
     done = DistillResult(model_dir=str(result.model_dir), algorithm=algorithm, seed=seed, steps=result.steps,
                          train_tokens=result.train_tokens, seconds=round(result.seconds, 2),

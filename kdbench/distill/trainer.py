@@ -136,7 +136,7 @@ def train(student, tokenizer, examples: list[dict], step_fn: StepFn, *, cfg, out
                                                      target_modules="all-linear", task_type="CAUSAL_LM"))
     extra = extra or {}
     params = [p for p in student.parameters() if p.requires_grad]
-    params += [p for m in extra.values() if isinstance(m, torch.nn.Module) for p in m.parameters()]
+    params += [p for m in extra.values() if isinstance(m, torch.nn.Module) for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(examples) / cfg.batch_size))
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)

@@ -79,23 +79,49 @@ def _llama(tokenizer, spec, max_positions: int, seed: int):
     return LlamaForCausalLM(config)
 
 
-def teacher_examples(pack: DomainPack, tokenizer, max_length: int) -> list[dict]:
+_STOP = frozenset("""a an and are as at be by can for from has have how in is it its of on or that the
+their this to was what when which who why with does do under than then into not no may must""".split())
+
+
+def cue_prompts(question: str, answer: str, n: int, rng) -> list[str]:
+    """n noisy cues for a fact: random halves of its content words, in order.
+
+    A model this small trained only on a few phrasings of each question learns a
+    lookup table that fails on any new wording. Training it to answer from
+    partial cues (some with the key term, some without) teaches it to recall a
+    fact from whichever of its words a question uses: that is what makes the
+    tiny teacher know its domain rather than its prompts.
+    """
+    words = [w for w in (question + " " + answer).replace(",", " ").replace(".", " ").split()
+             if w.lower() not in _STOP]
+    cues = []
+    for _ in range(n):
+        kept = [w for w in words if rng.random() < 0.5] or words[:3]
+        cues.append(" ".join(kept[:24]) + "?")
+    return cues
+
+
+def teacher_examples(pack: DomainPack, tokenizer, max_length: int, cues: int = 4, seed: int = 0) -> list[dict]:
     """The tiny teacher's curriculum, standing in for a teacher that knows the domain.
 
-    Every fact as a question/answer turn, and every seed that names a fact (or has
-    a checkable reference) answered with it; each with no system prompt (as the
-    evaluation asks) and with the labeling system prompt (as elicitation asks).
-    Evaluation items are never used.
+    Every fact as a question/answer turn, every seed that names a fact (or has a
+    checkable reference) answered with it, with and without the labeling system
+    prompt (elicitation asks with it, evaluation without), and ``cues`` noisy
+    cue prompts per fact (see cue_prompts). Evaluation items are never used.
     """
+    import random
+
     from kdbench.elicit.teacher import teacher_system
 
+    rng = random.Random(seed)
+    system = teacher_system(pack, "labeling")
     facts = {k.id: k.answer for k in pack.knowledge}
-    pairs = [(k.question, k.answer) for k in pack.knowledge]
-    pairs += [(s.prompt, facts[s.fact]) for s in pack.seeds if s.fact in facts]
-    pairs += [(s.prompt, f"The answer is {s.reference}.") for s in pack.seeds if s.reference and not s.fact]
-    out = []
-    for system in (None, teacher_system(pack, "labeling")):
-        out += [tokenize_example(tokenizer, q, a, system=system, max_length=max_length) for q, a in pairs]
+    plain = [(k.question, k.answer) for k in pack.knowledge]
+    plain += [(c, k.answer) for k in pack.knowledge for c in cue_prompts(k.question, k.answer, cues, rng)]
+    seeded = [(s.prompt, facts[s.fact]) for s in pack.seeds if s.fact in facts]
+    seeded += [(s.prompt, f"The answer is {s.reference}.") for s in pack.seeds if s.reference and not s.fact]
+    out = [tokenize_example(tokenizer, q, a, max_length=max_length) for q, a in plain + seeded]
+    out += [tokenize_example(tokenizer, q, a, system=system, max_length=max_length) for q, a in seeded]
     return out
 
 
@@ -112,7 +138,7 @@ def build_tiny_models(pack: DomainPack, tiny, home: Path, *, device: str = "cpu"
     from kdbench.distill.sft import sft_step
     from kdbench.distill.trainer import train
 
-    key = content_hash(RECIPE_VERSION, pack.data_hash, tiny.model_dump())
+    key = content_hash(RECIPE_VERSION, pack.train_hash, tiny.model_dump())  # eval edits keep the models
     root = Path(home) / "models" / f"{pack.name}-{key}"
     if (root / "DONE").exists():
         return TinyModels(str(root / "teacher"), str(root / "student"), True,
@@ -123,7 +149,7 @@ def build_tiny_models(pack: DomainPack, tiny, home: Path, *, device: str = "cpu"
     print(f"[kdbench] {pack.name}: trained a tokenizer of {len(tokenizer)} tokens on {len(texts)} texts")
 
     teacher = _llama(tokenizer, tiny.teacher, tiny.max_positions, tiny.seed)
-    examples = teacher_examples(pack, tokenizer, tiny.max_positions)
+    examples = teacher_examples(pack, tokenizer, tiny.max_positions, cues=tiny.teacher_cues, seed=tiny.seed)
     cfg = TrainConfig(epochs=tiny.teacher_epochs, batch_size=tiny.teacher_batch_size, lr=tiny.teacher_lr,
                       max_length=tiny.max_positions, save_every=0, warmup_ratio=0.05,
                       weight_decay=tiny.teacher_weight_decay)

@@ -78,7 +78,8 @@ class DomainPack:
     knowledge: list[KnowledgeItem]
     seeds: list[SeedItem]  # from seeds.jsonl, then from generators
     eval_items: dict[str, list[MCItem | QAItem]]  # task name -> items
-    data_hash: str
+    data_hash: str  # every file of the pack
+    train_hash: str  # pack.yaml, knowledge and seeds only: what a teacher may learn from
 
     @property
     def name(self) -> str:
@@ -306,8 +307,10 @@ def load_pack(name_or_path: str | Path) -> DomainPack:
     seeds += _generated_seeds(spec, root, errors)
     errors.raise_if_any()
 
+    train_files = [root / "pack.yaml", files["files.knowledge"], files["files.seeds"]]
     pack = DomainPack(spec=spec, root=root, knowledge=knowledge, seeds=seeds, eval_items=eval_items,
-                      data_hash=_hash_files([root / "pack.yaml", *[p for p in files.values() if p]]))
+                      data_hash=_hash_files([root / "pack.yaml", *[p for p in files.values() if p]]),
+                      train_hash=_hash_files(train_files))
     report = decontam.check(((s.id, s.prompt) for s in seeds), pack.eval_index())
     for seed_id, hit in report.hits.items():
         errors.add(files["files.seeds"], f"id {seed_id}",

@@ -1,0 +1,86 @@
+"""Labeling with the HF backend, the generation cache, and the dataset filters."""
+
+import json
+
+import pytest
+
+from kdbench.dataset import build_dataset, load_examples
+from kdbench.elicit import check_methods, elicit
+from kdbench.elicit.backends import HFBackend, Sampling
+from kdbench.elicit.cache import GenerationCache
+from kdbench.elicit.teacher import Teacher
+from kdbench.errors import ConfigError
+
+
+def test_hf_backend_batches_match_one_by_one(micro):
+    backend = HFBackend(micro.models.teacher, batch_size=4)
+    reqs = [[{"role": "user", "content": p}] for p in ["What is the capital of France?", "Name a river.",
+                                                          "Which river flows through Baghdad?", "Hi",
+                                                          "Which city is the capital of Japan? Tell me."]]
+    batched = backend.generate(reqs, Sampling(max_new_tokens=8))
+    single = [HFBackend(micro.models.teacher, batch_size=1).generate([r], Sampling(max_new_tokens=8))[0] for r in reqs]
+    assert batched == single  # left padding and length sorting do not change greedy outputs
+    assert backend.generated_tokens > 0
+
+
+def test_labeling_rows_and_cache_reuse(micro, tmp_path):
+    cfg = micro.cfg.model_copy(update={"home": str(tmp_path)})
+    res = elicit(micro.pack, micro.models.teacher, cfg, tmp_path)
+    rows = [json.loads(line) for line in res.path.read_text().splitlines()]
+    assert len(rows) == len(micro.pack.seeds) == res.stats["methods"]["labeling"]["requests"]
+    assert {r["method"] for r in rows} == {"labeling"} and all(r["prompt"] for r in rows)
+    again = elicit(micro.pack, micro.models.teacher, cfg, tmp_path)
+    assert again.cached and again.path == res.path
+
+
+def test_teacher_cache_resumes_without_repeating(micro, tmp_path):
+    cfg = micro.cfg
+    t = Teacher(micro.models.teacher, cfg, tmp_path, backend_name="hf")
+    reqs = [[{"role": "user", "content": f"question {i}?"}] for i in range(6)]
+    first = t.generate("labeling", reqs[:4], Sampling(max_new_tokens=4))
+    t2 = Teacher(micro.models.teacher, cfg, tmp_path, backend_name="hf")  # a new process, same cache file
+    calls = []
+    real = t2.backend.generate
+    t2.backend.generate = lambda r, s, desc="": calls.append(len(r)) or real(r, s)
+    both = t2.generate("labeling", reqs, Sampling(max_new_tokens=4))
+    assert calls == [2] and both[:4] == first
+
+
+def test_corrupt_cache_line_is_skipped(tmp_path, capsys):
+    path = tmp_path / "c.jsonl"
+    c = GenerationCache(path)
+    c.put_many([("a", "x"), ("b", "y")])
+    with path.open("a") as f:
+        f.write('{"key": "c", "outp')  # a write cut short by a crash
+    c2 = GenerationCache(path)
+    assert len(c2) == 2 and c2.get("b") == "y" and c2.skipped_lines == 1
+    assert "skipped 1 unreadable line" in capsys.readouterr().out
+    assert len(path.read_text().splitlines()) == 2  # rewritten clean
+
+
+def test_method_checks(micro):
+    with pytest.raises(ConfigError, match="unknown method 'labelling' \\(did you mean 'labeling'\\?\\)"):
+        check_methods(["labelling"], micro.pack)
+
+
+def test_dataset_filters_and_decontaminates(micro, tmp_path):
+    mc = micro.pack.eval_items["geo_mc"][0]
+    rows = [
+        {"id": "r1", "method": "labeling", "topic": "capitals", "prompt": "p1", "response": "Paris."},
+        {"id": "r2", "method": "labeling", "topic": "capitals", "prompt": "p1", "response": "Paris."},  # duplicate
+        {"id": "r3", "method": "labeling", "topic": "capitals", "prompt": "p3", "response": ""},  # empty
+        {"id": "r4", "method": "labeling", "topic": "rivers", "prompt": "How much is 2+2?", "response": "5",
+         "reference": "4", "check": "numeric"},  # checkably wrong
+        {"id": "r5", "method": "labeling", "topic": "rivers", "prompt": "Tell me",
+         "response": f"{mc.question} {mc.choices[mc.answer]}"},  # an eval item, near verbatim
+        {"id": "r6", "method": "labeling", "topic": "rivers", "prompt": "How much is 2+2?", "response": "It is 4.",
+         "reference": "4", "check": "numeric"},
+    ]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    info = build_dataset(micro.pack, path, tmp_path)
+    m = info.manifest
+    assert m["dropped"] == {"empty": 1, "duplicate": 1, "wrong_answer": 1, "contaminated": 1}
+    assert m["rows"] == 2 and m["decontam_rate"] == pytest.approx(1 / 3)
+    assert [r["id"] for r in load_examples(info)] == ["r1", "r6"]
+    assert (info.path / "data").is_dir()  # a Hugging Face dataset saved with save_to_disk
