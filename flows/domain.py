@@ -50,7 +50,7 @@ def domain_flow(config: dict) -> dict:
     models = _run(prepare_models, f"{pack}: models", config)
     teacher = models["teacher"]
     print(f"[kdbench] {pack}: 2/6 elicitation ({', '.join(rc.elicit.methods)}) from {teacher}")
-    elicited = _run(elicit, f"{pack}: elicitation", config, teacher)
+    elicited = _run(elicit, f"{pack}: elicitation", config, teacher, models["students"][0])
     print(f"[kdbench] {pack}: 3/6 dataset")
     data = _run(build_dataset, f"{pack}: dataset", config, elicited, teacher)
     print(f"[kdbench] {pack}: 4/6 baselines")

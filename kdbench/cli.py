@@ -59,14 +59,14 @@ def preflight(cfg) -> None:
     """Every check that can fail on bad input, before anything is written anywhere."""
     from kdbench.config import TINY
     from kdbench.distill.run import check_algorithms
-    from kdbench.elicit import check_methods
+    from kdbench.elicit import check_methods, effective_methods
     from kdbench.elicit.backends import resolve_backend_name
     from kdbench.evaluate import tasks_for
     from kdbench.packs import load_pack
 
     pack = load_pack(cfg.pack)
     check_algorithms(cfg.distill.algorithms)
-    check_methods(cfg.elicit.methods, pack)
+    check_methods(effective_methods(cfg), pack)
     resolve_backend_name(cfg.elicit.backend)
     tasks_for(pack, cfg)
     from kdbench.distill.registry import hparams_for

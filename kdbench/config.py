@@ -63,6 +63,16 @@ class ElicitConfig(_Strict):
     batch_size: int = 32
     limit: int | None = None  # use only the first N seeds (tests, quick looks)
     rationale: bool = False  # labeling: ask for a chain of thought before the answer
+    expansion_per_topic: int = 8  # new inputs the teacher writes per topic (self-instruct style)
+    expansion_demos: int = 3  # seed demonstrations shown per request
+    expansion_temperature: float = 0.8
+    curation_per_topic: int = 6  # inputs written from the pack's topics and description alone
+    dedup_rouge: float = 0.7  # a new input this close (ROUGE-L F1) to an existing one is a near-duplicate
+    judge: Literal["auto", "likelihood", "prompt"] = "auto"  # how the teacher judges answers
+    self_knowledge_samples: int = 2  # student samples per seed
+    self_knowledge_temperature: float = 0.8
+    self_knowledge_margin: float = 1.0  # keep a student answer within this many nats/token of the teacher's own
+    feature_topk: int = 64  # teacher log-probs kept per token by the feature method
     openai_base_url: str | None = None
     openai_model: str | None = None
     openai_concurrency: int = 4
@@ -91,6 +101,9 @@ class DistillConfig(_Strict):
     seeds: list[int] = [0, 1]
     train: TrainConfig = TrainConfig()
     hparams: dict[str, dict[str, Any]] = {}  # algorithm -> overrides of its typed defaults
+    # where white-box divergences get teacher logits: the feature method's top-k cache when the
+    # dataset has one (auto), always the teacher in memory (online), or only the cache (topk)
+    teacher_logits: Literal["auto", "online", "topk"] = "auto"
 
 
 class EvalConfig(_Strict):

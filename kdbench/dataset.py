@@ -79,3 +79,17 @@ def load_examples(info: DatasetInfo) -> list[dict]:
     import datasets
 
     return datasets.load_from_disk(str(info.path / "data")).to_list()
+
+
+def add_topk(info: DatasetInfo, teacher_ref: str, cfg, device: str = "cpu") -> DatasetInfo:
+    """Attach the feature method's teacher top-k cache to the dataset (once; reused after)."""
+    from kdbench.elicit.feature import write_topk
+
+    k, max_len = cfg.elicit.feature_topk, cfg.distill.train.max_length
+    key = content_hash(teacher_ref, k, max_len)
+    out = info.path / f"topk-{key}"
+    if not (out / "manifest.json").exists():
+        rows = [r for r in load_examples(info) if r["response"]]
+        write_topk(rows, teacher_ref, out, k=k, max_length=max_len, cfg=cfg, device=device)
+    manifest = {**info.manifest, "topk": {"path": str(out), **json.loads((out / "manifest.json").read_text())}}
+    return DatasetInfo(info.path, manifest)

@@ -15,7 +15,7 @@ from kdbench import tracking
 from kdbench.config import TINY, RunConfig, device_for, dump_config
 from kdbench.data import content_hash
 from kdbench.dataset import DatasetInfo, build_dataset
-from kdbench.elicit import elicit
+from kdbench.elicit import effective_methods, elicit
 from kdbench.evaluate import evaluate, tasks_for
 from kdbench.metrics import all_gaps, flat_metrics
 from kdbench.models.loading import identity
@@ -53,11 +53,15 @@ def prepare_models(cfg: dict) -> dict:
     return out
 
 
-def elicit_step(cfg: dict, teacher: str) -> dict:
+def elicit_step(cfg: dict, teacher: str, student: str | None = None) -> dict:
     """Elicit with the teacher; track the methods' prompts, sampling, counts and filter rates."""
     rc = _cfg(cfg)
     pack = load_pack(rc.pack)
-    res = elicit(pack, teacher, rc, rc.home_path, device=device_for(rc))
+    methods = effective_methods(rc)
+    extra = [m for m in methods if m not in rc.elicit.methods]
+    if extra:
+        print(f"[kdbench] {pack.name}: adding elicitation method(s) {extra}, needed by the selected algorithms")
+    res = elicit(pack, teacher, rc, rc.home_path, device=device_for(rc), student_ref=student, methods=methods)
     if res.cached:
         print(f"[kdbench] {pack.name}: reusing cached elicitation ({res.stats['rows']} rows) from {res.path.parent}")
     return {"path": str(res.path), "stats": res.stats, "cached": res.cached}
@@ -68,6 +72,10 @@ def dataset_step(cfg: dict, elicited: dict, teacher: str) -> dict:
     rc = _cfg(cfg)
     pack = load_pack(rc.pack)
     info = build_dataset(pack, Path(elicited["path"]), rc.home_path)
+    if "feature" in effective_methods(rc):
+        from kdbench.dataset import add_topk
+
+        info = add_topk(info, teacher, rc, device=device_for(rc))
     m = info.manifest
     print(f"[kdbench] {pack.name}: dataset of {m['rows']} examples (dropped {m['dropped']}; "
           f"decontamination rate {m['decontam_rate']:.2%}) at {info.path}")
@@ -126,7 +134,7 @@ def student_step(cfg: dict, algorithm: str, seed: int, teacher: str, student: st
     info = DatasetInfo(Path(data["path"]), data["manifest"])
     c = tracking.client(rc)
     exp = tracking.experiment_id(c, rc, pack.name)
-    dkey = distill_key(algorithm, seed, teacher, student, info.manifest["data_hash"], rc)
+    dkey = distill_key(algorithm, seed, teacher, student, info.manifest, rc)
     key = content_hash("student", dkey, tasks_for(pack, rc), rc.eval.model_dump(exclude={"samples_per_task"}))
     tags = {**_base_tags(rc, pack, "student_after"), "kdbench.teacher": teacher, "kdbench.student": student,
             "kdbench.algorithm": algorithm, "kdbench.seed": str(seed), "kdbench.data_hash": info.manifest["data_hash"]}

@@ -100,3 +100,27 @@ def test_unknown_algorithm():
     with pytest.raises(ConfigError, match=r"unknown algorithm 'fkll' \(did you mean 'fkl'\?\)"):
         check_algorithms(["fkll"])
     assert json.dumps(sorted(ALGORITHMS))
+
+
+def test_dpo_on_feedback_pairs_and_topk_fkl(micro, tmp_path):
+    from kdbench.dataset import add_topk
+
+    res = elicit(micro.pack, micro.models.teacher, micro.cfg, tmp_path, student_ref=micro.models.student,
+                 methods=["labeling", "feedback"])
+    info = add_topk(build_dataset(micro.pack, res.path, tmp_path), micro.models.teacher, micro.cfg)
+    dpo = distill("dpo", 0, micro.models.teacher, micro.models.student, info, micro.cfg, tmp_path)
+    assert dpo.steps > 0 and dpo.hparams["beta"] == 0.1
+    logged = []
+    fkl = distill("fkl", 0, micro.models.teacher, micro.models.student, info, micro.cfg, tmp_path,
+                  log_fn=lambda s, m: logged.append(m))
+    assert fkl.steps > 0 and all(m["train.loss"] >= 0 for m in logged)
+    online_cfg = micro.cfg.model_copy(deep=True)
+    online_cfg.distill.teacher_logits = "online"
+    online = distill("fkl", 0, micro.models.teacher, micro.models.student, info, online_cfg, tmp_path)
+    assert online.model_dir != fkl.model_dir  # a different recipe, a different result folder
+
+
+def test_dpo_without_pairs_says_which_method(micro, data):
+    info, home = data
+    with pytest.raises(KdbenchError, match="needs pairs from the feedback elicitation"):
+        distill("dpo", 0, micro.models.teacher, micro.models.student, info, micro.cfg, home)

@@ -84,3 +84,50 @@ def test_dataset_filters_and_decontaminates(micro, tmp_path):
     assert m["rows"] == 2 and m["decontam_rate"] == pytest.approx(1 / 3)
     assert [r["id"] for r in load_examples(info)] == ["r1", "r6"]
     assert (info.path / "data").is_dir()  # a Hugging Face dataset saved with save_to_disk
+
+
+def test_every_method_produces_rows_with_stats(micro, tmp_path):
+    methods = ["labeling", "expansion", "curation", "feedback", "self_knowledge"]
+    cfg = micro.cfg.model_copy(deep=True)
+    cfg.elicit.expansion_per_topic = 3
+    cfg.elicit.curation_per_topic = 2
+    res = elicit(micro.pack, micro.models.teacher, cfg, tmp_path, student_ref=micro.models.student, methods=methods)
+    rows = [json.loads(line) for line in res.path.read_text().splitlines()]
+    by = {m: [r for r in rows if r["method"] == m] for m in methods}
+    st = res.stats["methods"]
+    assert len(by["labeling"]) == len(micro.pack.seeds)
+    for m in ("expansion", "curation"):
+        assert st[m]["drafts"] == (6 if m == "expansion" else 4)
+        assert st[m]["kept"] + st[m]["empty"] + st[m]["near_duplicate"] + st[m]["leaked"] == st[m]["drafts"]
+        assert len(by[m]) == st[m]["kept"] and all(r["response"] for r in by[m])
+    pairs = [r for r in by["feedback"] if "chosen" in r]
+    assert st["feedback"]["pairs"] == len(pairs) > 0 and st["feedback"]["judge"] == "likelihood"
+    assert all(p["chosen"] != p["rejected"] for p in pairs)
+    assert st["self_knowledge"]["samples"] == 2 * len(micro.pack.seeds)
+    assert len(by["self_knowledge"]) == st["self_knowledge"]["kept"]
+
+
+def test_feature_topk_cache_is_compact_and_aligned(micro, tmp_path):
+    from kdbench.dataset import add_topk
+    from kdbench.elicit.feature import TopKCache
+
+    res = elicit(micro.pack, micro.models.teacher, micro.cfg, tmp_path)
+    info = add_topk(build_dataset(micro.pack, res.path, tmp_path), micro.models.teacher, micro.cfg)
+    t = info.manifest["topk"]
+    assert t["k"] == 64 and t["bytes_per_token"] == 256 and t["id_dtype"] == "uint16"
+    cache = TopKCache(t["path"])
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kdbench.data import tokenize_example
+
+    tok = AutoTokenizer.from_pretrained(micro.models.teacher)
+    model = AutoModelForCausalLM.from_pretrained(micro.models.teacher)
+    row = load_examples(info)[0]
+    ex = cache.attach(row["id"], tokenize_example(tok, row["prompt"], row["response"], max_length=192))
+    with torch.no_grad():
+        lp = torch.log_softmax(model(torch.tensor([ex["input_ids"]])).logits[0], -1)
+    pos = [i for i in range(len(ex["input_ids"]) - 1) if ex["loss_mask"][i + 1]]
+    top = lp[pos].topk(64, -1)
+    assert (torch.as_tensor(ex["teacher_topk_ids"][pos]) == top.indices).float().mean() > 0.95
+    torch.testing.assert_close(torch.as_tensor(ex["teacher_topk_logprobs"][pos]), top.values, atol=2e-2, rtol=1e-2)

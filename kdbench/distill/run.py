@@ -56,10 +56,17 @@ def check_same_vocab(algorithm: str, teacher_tok, student_tok, teacher_ref: str,
     )
 
 
-def distill_key(algorithm: str, seed: int, teacher_ref: str, student_ref: str, data_hash: str, cfg) -> str:
+def uses_topk(algorithm: str, manifest: dict, cfg) -> bool:
+    algo = ALGORITHMS[algorithm]
+    return bool(algo.white_box and not algo.teacher_model and manifest.get("topk")
+                and cfg.distill.teacher_logits in ("auto", "topk"))
+
+
+def distill_key(algorithm: str, seed: int, teacher_ref: str, student_ref: str, manifest: dict, cfg) -> str:
     hp = hparams_for(algorithm, cfg.distill.hparams.get(algorithm))
+    topk = manifest["topk"]["k"] if uses_topk(algorithm, manifest, cfg) else None
     return content_hash(algorithm, seed, identity(teacher_ref, cfg.models.revision), identity(student_ref),
-                        data_hash, cfg.distill.train.model_dump(), hp.model_dump())
+                        manifest["data_hash"], cfg.distill.train.model_dump(), hp.model_dump(), topk)
 
 
 def distill(algorithm: str, seed: int, teacher_ref: str, student_ref: str, data: DatasetInfo, cfg, home: Path,
@@ -67,7 +74,7 @@ def distill(algorithm: str, seed: int, teacher_ref: str, student_ref: str, data:
     check_algorithms([algorithm])
     algo = ALGORITHMS[algorithm]
     hp = hparams_for(algorithm, cfg.distill.hparams.get(algorithm))
-    key = distill_key(algorithm, seed, teacher_ref, student_ref, data.manifest["data_hash"], cfg)
+    key = distill_key(algorithm, seed, teacher_ref, student_ref, data.manifest, cfg)
     out = Path(home) / "students" / f"{data.manifest['pack']}-{algorithm}-s{seed}-{key}"
     if (out / "DONE").exists():
         return DistillResult(**{**json.loads((out / "DONE").read_text()), "cached": True})
@@ -75,22 +82,42 @@ def distill(algorithm: str, seed: int, teacher_ref: str, student_ref: str, data:
     student, tok = load_model(student_ref, dtype=cfg.models.dtype, device="cpu",
                               trust_remote_code=cfg.models.trust_remote_code)
     all_rows = load_examples(data)
-    rows = ([r for r in all_rows if r.get("chosen") and r.get("rejected")] if algo.data == "pairs"
+    rows = ([r for r in all_rows if r.get("chosen")] if algo.data == "pairs"  # rejected may be empty
             else [r for r in all_rows if r.get("response")])
     if not rows:
         need = f"pairs from the {', '.join(algo.needs_methods)} elicitation" if algo.data == "pairs" else "responses"
         raise KdbenchError(f"algorithm {algorithm!r} needs {need}, but the dataset at {data.path} has none; "
                            f"add the method with --methods")
+    topk = None
+    if uses_topk(algorithm, data.manifest, cfg):
+        from kdbench.elicit.feature import TopKCache
+
+        topk = TopKCache(Path(data.manifest["topk"]["path"]))
+    elif cfg.distill.teacher_logits == "topk" and algo.white_box:
+        raise KdbenchError(f"distill.teacher_logits: topk needs the feature method's cache (add --methods ...,feature)"
+                           f" and an algorithm that reads it (fkl, rkl, jsd, tvd, skl, srkl); {algorithm!r} does not")
     teacher = None
     if algo.white_box:
-        teacher, t_tok = load_model(teacher_ref, revision=cfg.models.revision, dtype=cfg.models.dtype,
-                                    device="cpu", trust_remote_code=cfg.models.trust_remote_code)
+        from kdbench.models.loading import load_tokenizer
+
+        t_tok = load_tokenizer(teacher_ref, revision=cfg.models.revision,
+                               trust_remote_code=cfg.models.trust_remote_code)
         check_same_vocab(algorithm, t_tok, tok, teacher_ref, student_ref)
+        if topk is None:
+            teacher, _ = load_model(teacher_ref, revision=cfg.models.revision, dtype=cfg.models.dtype,
+                                    device="cpu", trust_remote_code=cfg.models.trust_remote_code)
     max_len = cfg.distill.train.max_length
     if algo.prepare is not None:
         examples = algo.prepare(rows, tok, max_len, student)
     else:
         examples = [tokenize_example(tok, r["prompt"], r["response"], max_length=max_len) for r in rows]
+    if topk is not None:
+        attached = [topk.attach(r["id"], e) for r, e in zip(rows, examples, strict=True)]
+        missing = sum(a is None for a in attached)
+        if missing:
+            raise KdbenchError(f"the teacher top-k cache at {topk.path} does not cover {missing} training rows "
+                               "(tokenized differently?); delete that folder to rebuild it")
+        examples = attached
     extra = algo.make_extra(student, teacher, hp) if algo.make_extra else None
     result = train(student, tok, examples, algo.step, cfg=cfg.distill.train, out_dir=out, seed=seed,
                    teacher=teacher, hp=hp, device=device, log_fn=log_fn, extra=extra,

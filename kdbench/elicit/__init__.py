@@ -14,21 +14,28 @@ from pathlib import Path
 
 from kdbench.data import content_hash, read_jsonl, write_jsonl
 from kdbench.elicit.backends import Sampling
+from kdbench.elicit.feedback import feedback, self_knowledge
 from kdbench.elicit.labeling import label
-from kdbench.elicit.teacher import Teacher
+from kdbench.elicit.synthesis import curate, expand
+from kdbench.elicit.teacher import CachedModel
 from kdbench.errors import ConfigError, did_you_mean
 from kdbench.models.loading import identity
 
-METHODS = {"labeling": label}
+METHODS = {"labeling": label, "expansion": expand, "curation": curate, "feedback": feedback,
+           "self_knowledge": self_knowledge}
+# "feature" (the teacher's top-k log-probs) annotates the finished dataset: see kdbench/elicit/feature.py
+ANNOTATIONS = ("feature",)
+NEEDS_STUDENT = ("feedback", "self_knowledge")
 
 
 @dataclass
 class ElicitContext:
     pack: object
     cfg: object
-    teacher: Teacher
+    teacher: CachedModel
     sampling: Sampling
     seeds: list
+    student: CachedModel | None = None  # the student before distillation (feedback, self-knowledge)
 
 
 @dataclass
@@ -38,31 +45,50 @@ class ElicitResult:
     cached: bool
 
 
+def effective_methods(cfg) -> list[str]:
+    """The configured methods plus those the selected algorithms need (dpo needs feedback's pairs)."""
+    from kdbench.distill.registry import ALGORITHMS
+
+    out = list(cfg.elicit.methods)
+    for a in cfg.distill.algorithms:
+        for m in ALGORITHMS[a].needs_methods if a in ALGORITHMS else ():
+            if m not in out:
+                out.append(m)
+    return out
+
+
 def check_methods(methods: list[str], pack) -> None:
     for m in methods:
-        if m not in METHODS:
+        if m not in METHODS and m not in ANNOTATIONS:
             raise ConfigError(f"elicit.methods: unknown method {m!r}{did_you_mean(m, METHODS)}; "
-                              f"available: {sorted(METHODS)}")
+                              f"available: {sorted([*METHODS, *ANNOTATIONS])}")
         if m not in pack.spec.elicitation:
             raise ConfigError(f"elicit.methods: {m!r} is not enabled by pack {pack.name!r} "
                               f"(its pack.yaml lists elicitation: {pack.spec.elicitation})")
 
 
-def elicit(pack, teacher_ref: str, cfg, home: Path, device: str = "cpu") -> ElicitResult:
-    """Run cfg.elicit.methods with the teacher; rows and stats under <home>/elicit/<pack>-<hash>."""
+def elicit(pack, teacher_ref: str, cfg, home: Path, device: str = "cpu", student_ref: str | None = None,
+           methods: list[str] | None = None) -> ElicitResult:
+    """Run the elicitation methods with the teacher; rows and stats under <home>/elicit/<pack>-<hash>."""
     e = cfg.elicit
-    check_methods(e.methods, pack)
+    methods = [m for m in (methods or e.methods) if m in METHODS]
+    check_methods(methods, pack)
+    if any(m in NEEDS_STUDENT for m in methods) and student_ref is None:
+        raise ConfigError(f"elicitation methods {[m for m in methods if m in NEEDS_STUDENT]} need a student model")
     sampling = Sampling(max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p)
-    key = content_hash(identity(teacher_ref, cfg.models.revision), pack.data_hash, e.model_dump(
-        exclude={"backend", "batch_size", "openai_concurrency"}))
+    key = content_hash(identity(teacher_ref, cfg.models.revision), pack.data_hash, methods, e.model_dump(
+        exclude={"backend", "batch_size", "openai_concurrency", "methods"}),
+        identity(student_ref) if any(m in NEEDS_STUDENT for m in methods) else None)
     out = Path(home) / "elicit" / f"{pack.name}-{key}"
     if (out / "DONE").exists():
         return ElicitResult(out / "rows.jsonl", json.loads((out / "stats.json").read_text()), True)
-    teacher = Teacher(teacher_ref, cfg, Path(home), device=device, backend_name=e.backend)
+    teacher = CachedModel(teacher_ref, cfg, Path(home), device=device, backend_name=e.backend)
+    student = (CachedModel(student_ref, cfg, Path(home), device=device, backend_name="hf")
+               if any(m in NEEDS_STUDENT for m in methods) else None)
     seeds = pack.seeds[: e.limit] if e.limit else pack.seeds
-    ctx = ElicitContext(pack=pack, cfg=cfg, teacher=teacher, sampling=sampling, seeds=seeds)
+    ctx = ElicitContext(pack=pack, cfg=cfg, teacher=teacher, sampling=sampling, seeds=seeds, student=student)
     rows: list[dict] = []
-    for m in e.methods:
+    for m in methods:
         got = METHODS[m](ctx)
         rows += got
         teacher.stats.setdefault(m, {})["rows"] = len(got)

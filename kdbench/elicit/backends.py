@@ -86,6 +86,31 @@ class HFBackend:
         return outputs
 
 
+    @torch.inference_mode()
+    def score(self, requests: list[Messages], responses: list[str], desc: str = "score") -> list[tuple[float, int]]:
+        """(sum of log-probs, token count) of each response given its request: the teacher as judge."""
+        from kdbench.data import collate
+
+        tok = self.tokenizer
+        sep = "" if getattr(tok, "chat_template", None) else " "
+        examples = []
+        for m, r in zip(requests, responses, strict=True):
+            p_ids = tok(render_messages(tok, m), add_special_tokens=False)["input_ids"]
+            r_ids = tok(sep + r.strip(), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            examples.append({"input_ids": p_ids + r_ids, "loss_mask": [0] * len(p_ids) + [1] * len(r_ids)})
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        out: list[tuple[float, int]] = []
+        for start in tqdm(range(0, len(examples), self.batch_size), desc=desc, dynamic_ncols=True, mininterval=1.0):
+            b = {k: v.to(self.device) for k, v in collate(examples[start : start + self.batch_size], pad).items()}
+            logits = self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].float()
+            targets = b["input_ids"][:, 1:]
+            lp = logits.gather(-1, targets[..., None])[..., 0] - torch.logsumexp(logits, -1)
+            mask = b["loss_mask"][:, 1:]
+            out += [(float(s), int(n)) for s, n in zip((lp * mask).sum(-1).tolist(), mask.sum(-1).tolist(),
+                                                       strict=True)]
+        return out
+
+
 def _vllm_usable() -> bool:
     import importlib.util
 

@@ -9,13 +9,22 @@ from kdbench.elicit.teacher import teacher_system
 RATIONALE = "Think step by step, then give the final answer on a last line starting with 'Answer:'."
 
 
-def label(ctx) -> list[dict]:
-    """One training row per seed: prompt -> the teacher's answer."""
+def labeling_messages(ctx, prompts: list[str]) -> list[list[dict]]:
     system = teacher_system(ctx.pack, "labeling")
     if ctx.cfg.elicit.rationale:
         system += "\n" + RATIONALE
+    return [messages_for(p, system) for p in prompts]
+
+
+def label_prompts(ctx, prompts: list[str], method: str = "labeling") -> list[str]:
+    """The teacher's answers to ``prompts`` (cached under ``method``)."""
+    return ctx.teacher.generate(method, labeling_messages(ctx, prompts), ctx.sampling)
+
+
+def label(ctx) -> list[dict]:
+    """One training row per seed: prompt -> the teacher's answer."""
     seeds = ctx.seeds
-    outs = ctx.teacher.generate("labeling", [messages_for(s.prompt, system) for s in seeds], ctx.sampling)
+    outs = label_prompts(ctx, [s.prompt for s in seeds])
     return [{"id": f"labeling-{s.id}", "method": "labeling", "topic": s.topic, "prompt": s.prompt,
              "response": o, "seed_id": s.id, "reference": s.reference, "check": s.check}
             for s, o in zip(seeds, outs, strict=True)]

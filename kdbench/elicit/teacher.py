@@ -1,9 +1,10 @@
-"""The teacher as elicitation methods see it: cached, resumable generation.
+"""A model as elicitation methods see it: cached, resumable generation and scoring.
 
-``Teacher.generate(method, requests)`` answers chat requests through a backend,
+``CachedModel.generate(method, requests)`` answers chat requests through a backend,
 caching every answer by a content hash of (teacher identity and revision,
 method, messages, sampling settings). The backend is only built when some
 request is not cached yet, so a fully cached rerun never loads the teacher.
+The teacher is one; feedback and self-knowledge also wrap the student in one.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from pathlib import Path
 from kdbench.data import content_hash
 from kdbench.elicit.backends import Messages, Sampling, make_backend, resolve_backend_name
 from kdbench.elicit.cache import GenerationCache
+from kdbench.errors import ConfigError
 from kdbench.models.loading import identity
 
 
 @dataclass
-class Teacher:
+class CachedModel:
     ref: str
     cfg: object  # RunConfig
     home: Path
@@ -62,6 +64,20 @@ class Teacher:
             st["generated"] += len(part)
         return [self.cache.get(k) for k in keys]
 
+    def score(self, method: str, requests: list[Messages], responses: list[str]) -> list[tuple[float, int]]:
+        """Cached (sum log-prob, tokens) of each response under this model: a likelihood judge."""
+        import json
+
+        keys = [content_hash(self.identity, method, "score", m, r) for m, r in zip(requests, responses, strict=True)]
+        todo = list({k: i for i, k in enumerate(keys) if k not in self.cache}.values())
+        if todo:
+            if not hasattr(self.backend, "score"):
+                raise ConfigError(f"the {self.backend_name} backend cannot score answers; use elicit.judge: prompt")
+            got = self.backend.score([requests[i] for i in todo], [responses[i] for i in todo],
+                                     desc=f"{method}: judge")
+            self.cache.put_many([(keys[i], json.dumps(g)) for i, g in zip(todo, got, strict=True)])
+        return [tuple(json.loads(self.cache.get(k))) for k in keys]
+
     @property
     def generated_tokens(self) -> int:
         return getattr(self._backend, "generated_tokens", 0)
@@ -71,3 +87,6 @@ def teacher_system(pack, method: str) -> str:
     """The pack's system prompt, plus its instruction for ``method`` when it has one."""
     instruction = pack.spec.teacher.instructions.get(method, "").strip()
     return pack.spec.teacher.system_prompt.strip() + (f"\n{instruction}" if instruction else "")
+
+
+Teacher = CachedModel  # the common case, by its role

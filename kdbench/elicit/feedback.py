@@ -1,0 +1,129 @@
+"""feedback and self_knowledge: the teacher judges the student's outputs.
+
+feedback: the student (before distillation) answers the seeds; the teacher
+judges its answer against the teacher's own. The pair, ordered by the judgement,
+is what ``dpo`` trains on; where the student lost, the teacher's answer is also
+kept as a correction ``sft`` and the divergences can use.
+
+self_knowledge: the student samples answers to the seeds; a filter keeps the
+good ones (a generator's checkable answer when the seed has one, else the
+teacher's judgement) and the student trains on its own kept outputs.
+
+Judges: ``likelihood`` (white-box: the teacher's mean log-probability per token
+of each answer; needs a backend that can score) or ``prompt`` (any teacher,
+black-box: it is asked which answer is better, or whether one is correct).
+"""
+
+from __future__ import annotations
+
+import random
+
+from kdbench.data import messages_for
+from kdbench.elicit.backends import Sampling
+from kdbench.elicit.labeling import label_prompts, labeling_messages
+from kdbench.elicit.teacher import teacher_system
+from kdbench.packs.generators import verify
+
+PAIR_JUDGE = ("Question: {q}\nAnswer A: {a}\nAnswer B: {b}\n"
+              "Which answer is more correct and complete? Reply with one letter, A or B.")
+SINGLE_JUDGE = "Question: {q}\nAnswer: {a}\nIs this answer correct? Reply yes or no."
+
+
+def judge_kind(ctx) -> str:
+    j = ctx.cfg.elicit.judge
+    if j != "auto":
+        return j
+    return "likelihood" if ctx.teacher.backend_name in ("hf", "vllm") else "prompt"
+
+
+def _mean_logprobs(ctx, method: str, prompts: list[str], answers: list[str]) -> list[float]:
+    scores = ctx.teacher.score(method, labeling_messages(ctx, prompts), answers)
+    return [s / max(n, 1) for s, n in scores]
+
+
+def _prompt_pairs(ctx, prompts, first, second) -> list[bool]:
+    """True where the teacher prefers ``first``; the order shown is shuffled (seeded) against position bias."""
+    rng = random.Random(f"judge:{ctx.pack.name}")
+    flips = [rng.random() < 0.5 for _ in prompts]
+    system = teacher_system(ctx.pack, "feedback")
+    reqs = [messages_for(PAIR_JUDGE.format(q=q, a=b if f else a, b=a if f else b), system, wrap=False)
+            for q, a, b, f in zip(prompts, first, second, flips, strict=True)]
+    outs = ctx.teacher.generate("feedback-judge", reqs, Sampling(max_new_tokens=4))
+    picks_a = [o.strip().upper().startswith("A") for o in outs]
+    return [(not pa) if f else pa for pa, f in zip(picks_a, flips, strict=True)]
+
+
+def feedback(ctx) -> list[dict]:
+    seeds = ctx.seeds
+    prompts = [s.prompt for s in seeds]
+    teacher_ans = label_prompts(ctx, prompts)  # the labeling cache serves these when labeling ran
+    student_ans = ctx.student.generate("feedback-student", [messages_for(p) for p in prompts], ctx.sampling)
+    kind = judge_kind(ctx)
+    # an empty answer loses without a judge; the judge compares answers that both say something
+    contested = [i for i, (t, s) in enumerate(zip(teacher_ans, student_ans, strict=True)) if t.strip() and s.strip()]
+    teacher_wins = [bool(t.strip()) for t in teacher_ans]
+    if contested and kind == "likelihood":
+        t_score = _mean_logprobs(ctx, "feedback", [prompts[i] for i in contested], [teacher_ans[i] for i in contested])
+        s_score = _mean_logprobs(ctx, "feedback", [prompts[i] for i in contested], [student_ans[i] for i in contested])
+        for i, t, s in zip(contested, t_score, s_score, strict=True):
+            teacher_wins[i] = t >= s
+    elif contested:
+        wins = _prompt_pairs(ctx, [prompts[i] for i in contested], [teacher_ans[i] for i in contested],
+                             [student_ans[i] for i in contested])
+        for i, w in zip(contested, wins, strict=True):
+            teacher_wins[i] = w
+    rows, same = [], 0
+    for s, ta, sa, tw in zip(seeds, teacher_ans, student_ans, teacher_wins, strict=True):
+        if ta.strip() == sa.strip() or not (ta.strip() or sa.strip()):
+            same += 1
+            continue
+        chosen, rejected = (ta, sa) if tw else (sa, ta)
+        rows.append({"id": f"feedback-{s.id}", "method": "feedback", "topic": s.topic, "prompt": s.prompt,
+                     "chosen": chosen, "rejected": rejected})
+        if tw:
+            rows.append({"id": f"feedback-correction-{s.id}", "method": "feedback", "topic": s.topic,
+                         "prompt": s.prompt, "response": ta, "reference": s.reference, "check": s.check})
+    ctx.teacher.stats.setdefault("feedback", {}).update({
+        "judge": kind, "pairs": sum(1 for r in rows if "chosen" in r), "identical_or_empty": same,
+        "student_preferred": sum(1 for tw in teacher_wins if not tw),
+        "student_preferred_rate": sum(1 for tw in teacher_wins if not tw) / max(len(seeds), 1)})
+    return rows
+
+
+def self_knowledge(ctx) -> list[dict]:
+    e = ctx.cfg.elicit
+    seeds = ctx.seeds
+    reqs, owners = [], []
+    for s in seeds:
+        for k in range(e.self_knowledge_samples):
+            reqs.append(messages_for(s.prompt))
+            owners.append((s, k))
+    sampling = Sampling(max_new_tokens=ctx.sampling.max_new_tokens, temperature=e.self_knowledge_temperature,
+                        top_p=0.95, seed=7)
+    outs = ctx.student.generate("self_knowledge", reqs, sampling)
+    kind = judge_kind(ctx)
+    keep = [False] * len(outs)
+    by_ref = [i for i, (s, _) in enumerate(owners) if s.reference]
+    for i in by_ref:
+        keep[i] = verify(outs[i], owners[i][0].reference, owners[i][0].check)
+    rest = [i for i in range(len(outs)) if not owners[i][0].reference and outs[i].strip()]
+    if rest and kind == "likelihood":
+        prompts = [owners[i][0].prompt for i in rest]
+        own = _mean_logprobs(ctx, "self_knowledge", prompts, label_prompts(ctx, prompts))
+        theirs = _mean_logprobs(ctx, "self_knowledge", prompts, [outs[i] for i in rest])
+        for i, o, t in zip(rest, own, theirs, strict=True):
+            keep[i] = t >= o - e.self_knowledge_margin
+    elif rest:
+        system = teacher_system(ctx.pack, "feedback")
+        verdicts = ctx.teacher.generate("self_knowledge-judge", [
+            messages_for(SINGLE_JUDGE.format(q=owners[i][0].prompt, a=outs[i]), system, wrap=False) for i in rest],
+            Sampling(max_new_tokens=4))
+        for i, v in zip(rest, verdicts, strict=True):
+            keep[i] = v.strip().lower().startswith("yes")
+    rows = [{"id": f"self_knowledge-{s.id}-{k}", "method": "self_knowledge", "topic": s.topic, "prompt": s.prompt,
+             "response": outs[i], "reference": s.reference, "check": s.check}
+            for i, (s, k) in enumerate(owners) if keep[i]]
+    ctx.teacher.stats.setdefault("self_knowledge", {}).update({
+        "judge": kind, "samples": len(outs), "kept": len(rows), "verified_by_reference": len(by_ref),
+        "filter_rate": 1 - len(rows) / max(len(outs), 1)})
+    return rows
