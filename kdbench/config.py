@@ -38,7 +38,7 @@ class TinyConfig(_Strict):
     max_positions: int = 256
     teacher: TinyModelSpec = TinyModelSpec(hidden_size=192, num_layers=4, num_heads=4, intermediate_size=512)
     student: TinyModelSpec = TinyModelSpec(hidden_size=96, num_layers=2, num_heads=4, intermediate_size=256)
-    teacher_epochs: float = 30.0
+    teacher_epochs: float = 10.0
     teacher_lr: float = 2e-3
     teacher_batch_size: int = 16
     teacher_weight_decay: float = 0.0
@@ -73,6 +73,7 @@ class ElicitConfig(_Strict):
     self_knowledge_temperature: float = 0.8
     self_knowledge_margin: float = 1.0  # keep a student answer within this many nats/token of the teacher's own
     feature_topk: int = 64  # teacher log-probs kept per token by the feature method
+    vllm_python: str | None = None  # Python of the environment with vLLM (default: .venv-vllm, see backends)
     openai_base_url: str | None = None
     openai_model: str | None = None
     openai_concurrency: int = 4
@@ -81,10 +82,10 @@ class ElicitConfig(_Strict):
 class TrainConfig(_Strict):
     """Shared by every algorithm; per-algorithm knobs live in ``DistillConfig.hparams``."""
 
-    epochs: float = 6.0
+    epochs: float = 24.0  # tiny students on a few hundred examples need many passes
     max_steps: int | None = None
     batch_size: int = 16
-    lr: float = 2e-3
+    lr: float = 3e-3
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
     max_length: int = 192

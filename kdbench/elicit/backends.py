@@ -112,14 +112,21 @@ class HFBackend:
 
 
 def _vllm_usable() -> bool:
-    import importlib.util
+    """A GPU, and an environment that can run the vLLM worker."""
+    if not torch.cuda.is_available():
+        return False
+    from kdbench.elicit.vllm_backend import vllm_python
 
-    return torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
+    try:
+        vllm_python()
+        return True
+    except Exception:
+        return False
 
 
 def resolve_backend_name(name: str) -> str:
     if name == "auto":
-        return "vllm" if _vllm_usable() and "vllm" in BACKENDS else "hf"
+        return "vllm" if _vllm_usable() else "hf"
     if name not in BACKENDS:
         raise ConfigError(f"elicit.backend: {name!r} is not available here; available: {sorted(BACKENDS)}")
     return name
@@ -128,8 +135,26 @@ def resolve_backend_name(name: str) -> str:
 def make_backend(name: str, ref: str, cfg, device: str):
     """A backend for the teacher ``ref``; ``cfg`` is the run's RunConfig."""
     name = resolve_backend_name(name)
+    if name == "openai":
+        return BACKENDS[name](ref, base_url=cfg.elicit.openai_base_url, model=cfg.elicit.openai_model,
+                              concurrency=cfg.elicit.openai_concurrency)
+    kwargs = {"home": cfg.home_path, "python": cfg.elicit.vllm_python,
+              "max_model_len": cfg.tiny.max_positions if cfg.models.teacher == "tiny" else None} \
+        if name == "vllm" else {}
     return BACKENDS[name](ref, revision=cfg.models.revision, dtype=cfg.models.dtype, device=device,
-                          trust_remote_code=cfg.models.trust_remote_code, batch_size=cfg.elicit.batch_size)
+                          trust_remote_code=cfg.models.trust_remote_code, batch_size=cfg.elicit.batch_size, **kwargs)
 
 
-BACKENDS = {"hf": HFBackend}
+def _lazy(module: str, cls: str):
+    """Import optional backends on first use (vLLM and the OpenAI client are extras)."""
+
+    def make(*args, **kwargs):
+        import importlib
+
+        return getattr(importlib.import_module(module), cls)(*args, **kwargs)
+
+    return make
+
+
+BACKENDS = {"hf": HFBackend, "vllm": _lazy("kdbench.elicit.vllm_backend", "VLLMBackend"),
+            "openai": _lazy("kdbench.elicit.openai_backend", "OpenAIBackend")}

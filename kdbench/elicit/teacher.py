@@ -56,11 +56,14 @@ class CachedModel:
         if todo and len(todo) < len(requests):
             print(f"[kdbench] {method}: reusing {len(requests) - len(todo)} cached generations, "
                   f"generating {len(todo)}")
+        streaming = getattr(self.backend, "name", "") == "openai"  # slow, failure-prone: cache every answer
         for start in range(0, len(todo), chunk):
             part = todo[start : start + chunk]
+            extra = {"on_result": lambda j, o, part=part: self.cache.put_many([(keys[part[j]], o)])} if streaming else {}
             outs = self.backend.generate([requests[i] for i in part], sampling,
-                                         desc=f"{method} ({start + len(part)}/{len(todo)})")
-            self.cache.put_many([(keys[i], o) for i, o in zip(part, outs, strict=True)])
+                                         desc=f"{method} ({start + len(part)}/{len(todo)})", **extra)
+            if not streaming:
+                self.cache.put_many([(keys[i], o) for i, o in zip(part, outs, strict=True)])
             st["generated"] += len(part)
         return [self.cache.get(k) for k in keys]
 

@@ -1,0 +1,63 @@
+"""A vLLM engine in its own process, spoken to in JSON lines over stdin/stdout.
+
+Run by :mod:`kdbench.elicit.vllm_backend` with the Python of an environment that
+has vLLM (vLLM pins its own torch, transformers and FastAPI, which need not
+agree with Prefect's: keeping it in its own venv avoids the conflict). This
+file imports only the standard library and vLLM, never kdbench.
+
+Requests (one JSON object per line) and replies:
+  {"op": "init", "model": ..., "dtype": ..., "enforce_eager": ..., ...} -> {"ok": true}
+  {"op": "generate", "prompts": [[ids]], "max_tokens", "temperature", "top_p", "seed"}
+      -> {"token_ids": [[ids]], "seconds": s}
+  {"op": "score", "prompts": [[ids]], "spans": [[a, b]]} -> {"scores": [[sum_logprob, n]]}
+  {"op": "exit"}
+Anything vLLM prints goes to stderr; stdout carries only replies.
+"""
+
+import json
+import os
+import sys
+import time
+
+
+def main() -> None:
+    reply = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # library output to stderr; the protocol owns the original stdout
+    llm = None
+    for line in sys.stdin:
+        req = json.loads(line)
+        try:
+            op = req.pop("op")
+            if op == "exit":
+                break
+            if op == "init":
+                from vllm import LLM
+
+                llm = LLM(**req)
+                out = {"ok": True}
+            elif op == "generate":
+                from vllm import SamplingParams
+
+                params = SamplingParams(max_tokens=req["max_tokens"], temperature=req["temperature"],
+                                        top_p=req["top_p"], seed=req.get("seed"), detokenize=False)
+                t0 = time.perf_counter()
+                res = llm.generate([{"prompt_token_ids": p} for p in req["prompts"]], params, use_tqdm=False)
+                out = {"token_ids": [list(r.outputs[0].token_ids) for r in res], "seconds": time.perf_counter() - t0}
+            elif op == "score":
+                from vllm import SamplingParams
+
+                res = llm.generate([{"prompt_token_ids": p} for p in req["prompts"]],
+                                   SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False), use_tqdm=False)
+                scores = []
+                for r, p, (a, b) in zip(res, req["prompts"], req["spans"]):
+                    scores.append([sum(r.prompt_logprobs[i][p[i]].logprob for i in range(a, b)), b - a])
+                out = {"scores": scores}
+            else:
+                out = {"error": f"unknown op {op!r}"}
+        except Exception as e:  # report, keep serving
+            out = {"error": f"{type(e).__name__}: {e}"}
+        reply.write(json.dumps(out) + "\n")
+
+
+if __name__ == "__main__":
+    main()
