@@ -122,6 +122,10 @@ class TrackingConfig(_Strict):
     experiment_prefix: str = "kdbench"
 
 
+class OrchestrationConfig(_Strict):
+    gpu_slots: int | None = None  # heavy tasks at once (default: the number of GPUs, 1 on CPU)
+
+
 class RunConfig(_Strict):
     pack: str
     home: str = ".kdbench"  # caches, checkpoints, Prefect results, the SQLite tracking DB
@@ -133,6 +137,7 @@ class RunConfig(_Strict):
     distill: DistillConfig = DistillConfig()
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
 
     @property
     def home_path(self) -> Path:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdbench.data import content_hash, read_jsonl
+from kdbench.locks import locked
 from kdbench.packs import decontam
 from kdbench.packs.generators import verify
 
@@ -27,13 +28,17 @@ class DatasetInfo:
 
 
 def build_dataset(pack, rows_path: Path, home: Path, n: int = decontam.DEFAULT_N) -> DatasetInfo:
-    import datasets
-
     rows = read_jsonl(rows_path)
     key = content_hash(pack.data_hash, content_hash(rows), n)
     out = Path(home) / "datasets" / f"{pack.name}-{key}"
-    if (out / "manifest.json").exists():
-        return DatasetInfo(out, json.loads((out / "manifest.json").read_text()))
+    with locked(out):
+        if (out / "manifest.json").exists():
+            return DatasetInfo(out, json.loads((out / "manifest.json").read_text()))
+        return _build(pack, rows, out, n)
+
+
+def _build(pack, rows: list[dict], out: Path, n: int) -> DatasetInfo:
+    import datasets
 
     dropped = {"empty": 0, "duplicate": 0, "wrong_answer": 0, "contaminated": 0}
     seen, kept = set(), []
@@ -88,8 +93,9 @@ def add_topk(info: DatasetInfo, teacher_ref: str, cfg, device: str = "cpu") -> D
     k, max_len = cfg.elicit.feature_topk, cfg.distill.train.max_length
     key = content_hash(teacher_ref, k, max_len)
     out = info.path / f"topk-{key}"
-    if not (out / "manifest.json").exists():
-        rows = [r for r in load_examples(info) if r["response"]]
-        write_topk(rows, teacher_ref, out, k=k, max_length=max_len, cfg=cfg, device=device)
+    with locked(out):
+        if not (out / "manifest.json").exists():
+            rows = [r for r in load_examples(info) if r["response"]]
+            write_topk(rows, teacher_ref, out, k=k, max_length=max_len, cfg=cfg, device=device)
     manifest = {**info.manifest, "topk": {"path": str(out), **json.loads((out / "manifest.json").read_text())}}
     return DatasetInfo(info.path, manifest)

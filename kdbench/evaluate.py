@@ -17,6 +17,7 @@ from pathlib import Path
 
 from kdbench.data import content_hash
 from kdbench.errors import ConfigError, KdbenchError, did_you_mean
+from kdbench.locks import locked
 from kdbench.models.loading import identity, load_tokenizer
 
 
@@ -89,9 +90,13 @@ def evaluate(model_ref: str, pack, cfg, home: Path, *, device: str = "cpu", labe
     key = content_hash(identity(model_ref, cfg.models.revision), pack.data_hash, tasks, cfg.eval.model_dump(
         exclude={"samples_per_task"}))
     out = Path(home) / "evals" / f"{pack.name}-{key}"
-    if (out / "result.json").exists():
-        return EvalResult(**{**json.loads((out / "result.json").read_text()), "cached": True})
+    with locked(out):
+        if (out / "result.json").exists():
+            return EvalResult(**{**json.loads((out / "result.json").read_text()), "cached": True})
+        return _run_lm_eval(model_ref, pack, cfg, tasks, out, device, label)
 
+
+def _run_lm_eval(model_ref, pack, cfg, tasks, out: Path, device: str, label: str) -> EvalResult:
     import lm_eval
     from lm_eval.tasks import TaskManager
 

@@ -8,6 +8,7 @@ directly; flows/domain.py wraps each in a Prefect task.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -53,8 +54,9 @@ def prepare_models(cfg: dict) -> dict:
     return out
 
 
-def elicit_step(cfg: dict, teacher: str, student: str | None = None) -> dict:
-    """Elicit with the teacher; track the methods' prompts, sampling, counts and filter rates."""
+def elicit_step(cfg: dict, models: dict) -> dict:
+    """Elicit with the teacher (and the first student, for feedback and self-knowledge)."""
+    teacher, student = models["teacher"], models["students"][0]
     rc = _cfg(cfg)
     pack = load_pack(rc.pack)
     methods = effective_methods(rc)
@@ -67,8 +69,10 @@ def elicit_step(cfg: dict, teacher: str, student: str | None = None) -> dict:
     return {"path": str(res.path), "stats": res.stats, "cached": res.cached}
 
 
-def dataset_step(cfg: dict, elicited: dict, teacher: str) -> dict:
-    """Filter and decontaminate the elicited rows; save the dataset; track the elicitation run."""
+def dataset_step(cfg: dict, elicited: dict, models: dict) -> dict:
+    """Filter and decontaminate the elicited rows; save the dataset; track the elicitation run
+    (its prompts, sampling settings, counts and filter rates)."""
+    teacher = models["teacher"]
     rc = _cfg(cfg)
     pack = load_pack(rc.pack)
     info = build_dataset(pack, Path(elicited["path"]), rc.home_path)
@@ -83,7 +87,7 @@ def dataset_step(cfg: dict, elicited: dict, teacher: str) -> dict:
     exp = tracking.experiment_id(c, rc, pack.name)
     key = content_hash("elicitation", m["data_hash"], identity(teacher))
     tags = {**_base_tags(rc, pack, "elicitation"), "kdbench.teacher": teacher, "kdbench.data_hash": m["data_hash"]}
-    with tracking.tracked_run(c, exp, key, f"{pack.name}/elicitation", tags) as run_id:
+    with tracking.tracked_run(c, exp, key, f"{pack.name}/elicitation", tags, rc.home_path / "locks") as run_id:
         st = elicited["stats"]
         from kdbench.elicit.teacher import teacher_system
 
@@ -102,11 +106,15 @@ def dataset_step(cfg: dict, elicited: dict, teacher: str) -> dict:
         c.log_dict(run_id, m, "dataset_manifest.json")
         c.log_dict(run_id, st, "elicitation_stats.json")
         _log_config(c, run_id, rc)
-    return {"path": str(info.path), "manifest": m}
+    # the data's cost, charged to every student trained on it
+    return {"path": str(info.path), "manifest": m, "elicitation_run": run_id,
+            "teacher_generated_tokens": st["teacher_generated_tokens"], "teacher_seconds": st["teacher_seconds"]}
 
 
-def baseline_step(cfg: dict, role: str, model: str, data: dict) -> dict:
-    """Evaluate the teacher or the student before distillation; track it as a baseline run."""
+def baseline_step(cfg: dict, role: str, models: dict, index: int, data: dict) -> dict:
+    """Evaluate the teacher (role 'teacher') or student ``index`` before distillation
+    (role 'student_before'); track it as a baseline run."""
+    model = models["teacher"] if role == "teacher" else models["students"][index]
     rc = _cfg(cfg)
     pack = load_pack(rc.pack)
     res = evaluate(model, pack, rc, rc.home_path, device=device_for(rc), label=role)
@@ -116,7 +124,7 @@ def baseline_step(cfg: dict, role: str, model: str, data: dict) -> dict:
                        pack.data_hash, tasks_for(pack, rc), rc.eval.model_dump(exclude={"samples_per_task"}))
     tags = {**_base_tags(rc, pack, role), f"kdbench.{'teacher' if role == 'teacher' else 'student'}": model,
             "kdbench.data_hash": data["manifest"]["data_hash"]}
-    with tracking.tracked_run(c, exp, key, f"{pack.name}/{role}", tags) as run_id:
+    with tracking.tracked_run(c, exp, key, f"{pack.name}/{role}", tags, rc.home_path / "locks") as run_id:
         tracking.log_all(c, run_id, params={"model": model, "eval.tasks": ",".join(tasks_for(pack, rc))},
                          metrics={**flat_metrics(res.metrics), "eval.seconds": res.seconds})
         c.log_artifact(run_id, res.samples_path)
@@ -124,11 +132,12 @@ def baseline_step(cfg: dict, role: str, model: str, data: dict) -> dict:
     return {**asdict(res), "run_id": run_id}
 
 
-def student_step(cfg: dict, algorithm: str, seed: int, teacher: str, student: str, data: dict,
+def student_step(cfg: dict, algorithm: str, seed: int, models: dict, index: int, data: dict,
                  teacher_eval: dict, before_eval: dict) -> dict:
-    """Distill, evaluate and track one (teacher, student, algorithm, seed) run with its gap metrics."""
+    """Distill, evaluate and track one (teacher, student ``index``, algorithm, seed) run with its gap metrics."""
     from kdbench.distill.run import distill, distill_key
 
+    teacher, student = models["teacher"], models["students"][index]
     rc = _cfg(cfg)
     pack = load_pack(rc.pack)
     info = DatasetInfo(Path(data["path"]), data["manifest"])
@@ -139,25 +148,33 @@ def student_step(cfg: dict, algorithm: str, seed: int, teacher: str, student: st
     tags = {**_base_tags(rc, pack, "student_after"), "kdbench.teacher": teacher, "kdbench.student": student,
             "kdbench.algorithm": algorithm, "kdbench.seed": str(seed), "kdbench.data_hash": info.manifest["data_hash"]}
     name = f"{pack.name}/{algorithm}/seed{seed}" + (f"/{Path(student).name}" if len(rc.models.students) > 1 else "")
-    with tracking.tracked_run(c, exp, key, name, tags) as run_id:
+    with tracking.tracked_run(c, exp, key, name, tags, rc.home_path / "locks") as run_id:
         def log_fn(step: int, values: dict) -> None:
             tracking.log_all(c, run_id, metrics=values, step=step)
 
+        cpu0, wall0 = time.process_time(), time.perf_counter()
         res = distill(algorithm, seed, teacher, student, info, rc, rc.home_path, device=device_for(rc),
                       log_fn=log_fn)
+        cpu_s, wall_s = time.process_time() - cpu0, time.perf_counter() - wall0
         if res.cached:
             print(f"[kdbench] {pack.name}: reusing the distilled student {algorithm} seed {seed} at {res.model_dir}")
         ev = evaluate(res.model_dir, pack, rc, rc.home_path, device=device_for(rc), label=f"{algorithm} seed {seed}")
         metrics = {**flat_metrics(ev.metrics), **all_gaps(teacher_eval["metrics"], before_eval["metrics"], ev.metrics),
                    "cost.train_tokens": res.train_tokens, "cost.train_seconds": res.seconds,
                    "cost.tokens_per_s": res.tokens_per_s, "cost.peak_mem_mb": res.peak_mem_mb,
-                   "cost.eval_seconds": ev.seconds, "train.final_loss": res.final_loss}
+                   "cost.eval_seconds": ev.seconds, "train.final_loss": res.final_loss,
+                   "cost.teacher_tokens": data.get("teacher_generated_tokens", 0),
+                   "cost.teacher_seconds": data.get("teacher_seconds", 0.0)}
+        if not res.cached:  # resource use of this process while it trained (CPU seconds span all threads)
+            metrics.update({"cost.cpu_seconds": cpu_s, "cost.wall_seconds": wall_s,
+                            "cost.gpu_seconds": wall_s if device_for(rc) == "cuda" else 0.0})
         params = {"algorithm": algorithm, "seed": seed, "teacher": teacher, "student": student,
                   "dataset.rows": info.manifest["rows"], "dataset.path": str(info.path),
                   **{f"hp.{k}": v for k, v in (res.hparams or {}).items()},
                   **{f"train.{k}": v for k, v in rc.distill.train.model_dump().items()}}
         tracking.log_all(c, run_id, params=params, metrics=metrics,
                          tags={"kdbench.teacher_run": teacher_eval.get("run_id", ""),
+                               "kdbench.elicitation_run": data.get("elicitation_run", ""),
                                "kdbench.before_run": before_eval.get("run_id", ""),
                                "kdbench.model_dir": res.model_dir})
         c.log_artifact(run_id, ev.samples_path)
@@ -167,12 +184,12 @@ def student_step(cfg: dict, algorithm: str, seed: int, teacher: str, student: st
             "metrics": ev.metrics, "run_id": run_id, "cached": res.cached}
 
 
-def report_step(cfg: dict) -> dict:
-    """Write the pack's leaderboard from what MLflow holds."""
+def report_step(cfg: dict, packs: list[str] | None = None, name: str | None = None) -> dict:
+    """Write the leaderboard of the run's pack (or of ``packs``) from what MLflow holds."""
     from kdbench.report import write_report
 
     rc = _cfg(cfg)
-    paths = write_report(rc, packs=[load_pack(rc.pack).name])
+    paths = write_report(rc, packs=packs or [load_pack(rc.pack).name], **({"name": name} if name else {}))
     return {k: str(v) for k, v in paths.items()}
 
 

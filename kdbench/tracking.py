@@ -97,19 +97,19 @@ def find_run(c, exp_id: str, run_key: str):
 
 
 @contextmanager
-def tracked_run(c, exp_id: str, run_key: str, name: str, tags: dict[str, str]):
-    """Open (or resume) the run for ``run_key``; yields its id; sets its final status."""
-    existing = find_run(c, exp_id, run_key)
-    if existing is not None:
-        run_id = existing.info.run_id
-        resumed = int(existing.data.tags.get(f"{TAG}.resumed", "0")) + 1
-        c.update_run(run_id, status="RUNNING")
-        c.set_tag(run_id, f"{TAG}.resumed", str(resumed))
-        c.set_tag(run_id, f"{TAG}.error", "")
+def tracked_run(c, exp_id: str, run_key: str, name: str, tags: dict[str, str], lock_dir: Path | None = None):
+    """Open (or resume) the run for ``run_key``; yields its id; sets its final status.
+
+    With ``lock_dir``, finding-or-creating holds an inter-process lock on the key,
+    so two processes starting the same run at once share one MLflow run.
+    """
+    from kdbench.locks import locked
+
+    if lock_dir is not None:
+        with locked(Path(lock_dir) / run_key):
+            run_id = _open_run(c, exp_id, run_key, name, tags)
     else:
-        run = c.create_run(exp_id, run_name=name, tags={**tags, f"{TAG}.run_key": run_key,
-                                                        f"{TAG}.code_version": code_version()})
-        run_id = run.info.run_id
+        run_id = _open_run(c, exp_id, run_key, name, tags)
     try:
         yield run_id
     except KeyboardInterrupt:
@@ -125,6 +125,21 @@ def tracked_run(c, exp_id: str, run_key: str, name: str, tags: dict[str, str]):
         raise
     else:
         c.set_terminated(run_id, status="FINISHED")
+
+
+def _open_run(c, exp_id: str, run_key: str, name: str, tags: dict[str, str]) -> str:
+    existing = find_run(c, exp_id, run_key)
+    if existing is not None:
+        run_id = existing.info.run_id
+        resumed = int(existing.data.tags.get(f"{TAG}.resumed", "0")) + 1
+        c.update_run(run_id, status="RUNNING")
+        c.set_tag(run_id, f"{TAG}.resumed", str(resumed))
+        c.set_tag(run_id, f"{TAG}.error", "")
+    else:
+        run = c.create_run(exp_id, run_name=name, tags={**tags, f"{TAG}.run_key": run_key,
+                                                        f"{TAG}.code_version": code_version()})
+        run_id = run.info.run_id
+    return run_id
 
 
 def log_all(c, run_id: str, *, params: dict | None = None, metrics: dict | None = None,

@@ -16,11 +16,12 @@ Position t holds the distributions over the *next* token; aligning (shifting)
 logits and mask is the caller's job.
 
 Memory: positions are processed in chunks of ``chunk_size`` rows. Each chunk's
-gradient with respect to the student logits is computed during the forward pass
-and written into one buffer shaped like the logits, so the float32
-intermediates (log-softmaxes, mixtures, products) exist for one chunk at a
-time: peak memory does not grow with T x V, and gradients are exact. Only the
-student receives a gradient; the teacher is treated as a constant.
+gradient with respect to the student logits is computed in closed form during
+the forward pass and written into one buffer shaped like the logits (the
+buffer backward hands on as the logits' gradient), so the float32 temporaries
+(log-softmaxes, mixtures, products) exist for one chunk at a time: peak memory
+does not grow with T x V, and gradients are exact. Only the student receives a
+gradient; the teacher is treated as a constant.
 
 Teacher logits may also be a :class:`TopK` (ids and log-probabilities of the
 teacher's k most likely tokens, from the feature-elicitation cache). The
@@ -39,7 +40,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-DEFAULT_CHUNK = 128
+DEFAULT_CHUNK = 32  # rows per chunk: 32 x 32000 x 4 B = 4 MB per temporary
 _FLOOR = -1e30  # stands in for log(0) so 0 * log(0) terms are 0, not NaN
 TAIL_FLOOR = 1e-6  # smallest tail mass a top-k teacher is taken to have (see _bins)
 
@@ -51,12 +52,12 @@ class TopK(NamedTuple):
     logprobs: torch.Tensor
 
 
-# ---- per-position divergences on log-probabilities [n, V] -> [n] ------------------
-
-
-def _kl(la: torch.Tensor, lb: torch.Tensor) -> torch.Tensor:
-    """KL(a || b) per row for log-distributions la, lb [n, V]."""
-    return (la.exp() * (la - lb)).sum(-1)
+# ---- per-position divergences and their gradients ------------------------------------
+#
+# Each returns (D [n], h [n, V]) for log-distributions ls (student) and lt (teacher) [n, V]:
+# D is the divergence per row and h = q * dD/dq, its gradient with respect to the student's
+# probabilities scaled by q. Through the softmax, dD/ds = (h - q * sum_v h_v) / tau: exact,
+# with no autograd graph, so a chunk needs only a handful of [n, V] temporaries.
 
 
 def _mix(la: torch.Tensor, lb: torch.Tensor, w: float) -> torch.Tensor:
@@ -68,41 +69,59 @@ def _mix(la: torch.Tensor, lb: torch.Tensor, w: float) -> torch.Tensor:
     return torch.logaddexp(la + math.log(w), lb + math.log1p(-w))
 
 
-def fkl_position(ls, lt):
+def fkl_terms(ls, lt):
     """Forward KL(p || q): mean-seeking; word-level KD (Hinton et al.; Kim & Rush)."""
-    return _kl(lt, ls)
+    p = lt.exp()
+    d = (p * (lt - ls)).sum(-1)
+    return d, p.neg_()
 
 
-def rkl_position(ls, lt):
+def rkl_terms(ls, lt):
     """Reverse KL(q || p): mode-seeking (MiniLLM's objective)."""
-    return _kl(ls, lt)
+    q = ls.exp()
+    diff = ls - lt
+    d = (q * diff).sum(-1)
+    return d, diff.add_(1.0).mul_(q)
 
 
-def jsd_position(ls, lt, beta: float = 0.5):
+def jsd_terms(ls, lt, beta: float = 0.5):
     """Generalised JSD: beta KL(p || M) + (1 - beta) KL(q || M), M = beta p + (1 - beta) q.
 
     Equals its limit 0 at beta = 0 and beta = 1 (M collapses onto q or p), so the
     loss is continuous in beta; it does not jump to a plain KL at the ends.
     """
     if beta <= 0.0 or beta >= 1.0:
-        return ls.sum(-1) * 0.0
+        return ls.new_zeros(ls.shape[:-1]), torch.zeros_like(ls)
     lm = _mix(lt, ls, beta)
-    return beta * _kl(lt, lm) + (1.0 - beta) * _kl(ls, lm)
+    t_part = (lt.exp() * (lt - lm)).sum(-1)
+    q_log = (ls - lm).mul_(ls.exp())  # q log(q / M)
+    d = beta * t_part + (1.0 - beta) * q_log.sum(-1)
+    return d, q_log.mul_(1.0 - beta)  # dD/dq = (1 - beta) log(q / M)
 
 
-def tvd_position(ls, lt):
+def tvd_terms(ls, lt):
     """Total variation distance: 0.5 * sum_v |p - q| (Wen et al., f-divergence KD)."""
-    return 0.5 * (lt.exp() - ls.exp()).abs().sum(-1)
+    q = ls.exp()
+    diff = q - lt.exp()
+    d = 0.5 * diff.abs().sum(-1)
+    return d, diff.sign_().mul_(q).mul_(0.5)
 
 
-def skl_position(ls, lt, alpha: float = 0.1):
+def skl_terms(ls, lt, alpha: float = 0.1):
     """Skew KL (DistiLLM): KL(p || alpha p + (1 - alpha) q)."""
-    return _kl(lt, _mix(lt, ls, alpha))
+    lm = _mix(lt, ls, alpha)
+    d = (lt.exp() * (lt - lm)).sum(-1)
+    return d, (ls + lt).sub_(lm).exp_().mul_(-(1.0 - alpha))
 
 
-def srkl_position(ls, lt, alpha: float = 0.1):
+def srkl_terms(ls, lt, alpha: float = 0.1):
     """Skew reverse KL (DistiLLM): KL(q || (1 - alpha) q + alpha p)."""
-    return _kl(ls, _mix(lt, ls, alpha))
+    lm = _mix(lt, ls, alpha)
+    q = ls.exp()
+    log_ratio = ls - lm
+    d = (q * log_ratio).sum(-1)
+    h = (2 * ls).sub_(lm).exp_().mul_(-(1.0 - alpha))  # -(1 - alpha) q^2 / M
+    return d, h.add_(log_ratio.add_(1.0).mul_(q))
 
 
 # ---- chunked driver -----------------------------------------------------------------
@@ -111,32 +130,49 @@ def srkl_position(ls, lt, alpha: float = 0.1):
 def _teacher_rows(teacher, idx: torch.Tensor, temperature: float):
     if isinstance(teacher, TopK):
         return teacher.ids.index_select(0, idx), teacher.logprobs.index_select(0, idx).float()
-    return F.log_softmax(teacher.index_select(0, idx).float() / temperature, dim=-1)
+    return F.log_softmax(teacher.index_select(0, idx).float() / temperature, dim=-1).clamp_min(_FLOOR)
 
 
-def _bins(ls: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
-    """Student and teacher log-probs on the same support: full vocab, or top-k + tail.
+def _bins(ls: torch.Tensor, ids: torch.Tensor, lt_k: torch.Tensor):
+    """Student and teacher log-probs on k top-k bins + one tail bin, and the student's tail.
 
     The student's tail mass is summed exactly over the unlisted tokens; the
     teacher's is 1 - (listed mass). Both are floored at TAIL_FLOOR so float
     rounding in a tail that is really empty (k = V, or a peaked teacher) cannot
     turn into a huge p_tail * log(p_tail / q_tail) term.
     """
-    if not isinstance(t, tuple):
-        return ls, t.clamp_min(_FLOOR)
-    ids, lt_k = t
-    ls_k = ls.gather(-1, ids)
-    s_tail = torch.logsumexp(ls.scatter(-1, ids, float("-inf")), dim=-1, keepdim=True)
-    t_head = torch.logsumexp(lt_k, dim=-1, keepdim=True).clamp_max(0.0)
-    t_tail = torch.log(-torch.expm1(t_head))
     floor = math.log(TAIL_FLOOR)
-    return (torch.cat([ls_k, s_tail.clamp_min(floor)], dim=-1),
-            torch.cat([lt_k, t_tail.clamp_min(floor)], dim=-1).clamp_min(_FLOOR))
+    s_tail = torch.logsumexp(ls.scatter(-1, ids, float("-inf")), dim=-1, keepdim=True).clamp_min(floor)
+    t_head = torch.logsumexp(lt_k, dim=-1, keepdim=True).clamp_max(0.0)
+    t_tail = torch.log(-torch.expm1(t_head)).clamp_min(floor)
+    return (torch.cat([ls.gather(-1, ids), s_tail], dim=-1),
+            torch.cat([lt_k, t_tail], dim=-1).clamp_min(_FLOOR))
+
+
+def _chunk(terms, s: torch.Tensor, t, temperature: float, want_grad: bool):
+    """(D [n], dD/ds [n, V] or None) for student logits s [n, V] (float32) and teacher rows t."""
+    ls = F.log_softmax(s if temperature == 1.0 else s / temperature, dim=-1)
+    if not isinstance(t, tuple):
+        d, h = terms(ls, t)
+        if not want_grad:
+            return d, None
+        total = h.sum(-1, keepdim=True)
+        return d, h.sub_(ls.exp_().mul_(total)).div_(temperature)  # ls is not needed any more
+    ids, lt_k = t
+    ls_b, lt_b = _bins(ls, ids, lt_k)
+    d, h = terms(ls_b, lt_b)
+    if not want_grad:
+        return d, None
+    # each token's gradient comes from its bin: h_b for a listed token, q_j * h_tail / Q_tail in the tail
+    q = ls.exp_()
+    full = q * (h[:, -1:] / ls_b[:, -1:].exp())
+    full.scatter_(-1, ids, h[:, :-1])
+    return d, full.sub_(q.mul_(h.sum(-1, keepdim=True))).div_(temperature)
 
 
 class _ChunkedDivergence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, student, teacher_dense, teacher_ids, teacher_lp, weights, position_fn, temperature, chunk):
+    def forward(ctx, student, teacher_dense, teacher_ids, teacher_lp, weights, terms, temperature, chunk):
         # student [N,V]; teacher dense [N,V] or (ids [N,k], logprobs [N,k]); weights [N] float32
         teacher = TopK(teacher_ids, teacher_lp) if teacher_dense is None else teacher_dense
         needs_grad = ctx.needs_input_grad[0]
@@ -145,15 +181,12 @@ class _ChunkedDivergence(torch.autograd.Function):
         rows = weights.nonzero().squeeze(-1)
         for start in range(0, rows.numel(), chunk):
             idx = rows[start : start + chunk]
-            s = student.index_select(0, idx).float().requires_grad_(needs_grad)
-            with torch.enable_grad():
-                ls = F.log_softmax(s / temperature, dim=-1)
-                ls_b, lt_b = _bins(ls, _teacher_rows(teacher, idx, temperature))
-                part = (position_fn(ls_b, lt_b) * weights.index_select(0, idx)).sum()
-            if needs_grad and part.requires_grad:  # e.g. skl at alpha = 1 does not depend on s
-                (g,) = torch.autograd.grad(part, s)
-                grad.index_copy_(0, idx, g.to(grad.dtype))
-            total += part.detach()
+            w = weights.index_select(0, idx)
+            d, g = _chunk(terms, student.index_select(0, idx).float(), _teacher_rows(teacher, idx, temperature),
+                          temperature, needs_grad)
+            total += (d * w).sum()
+            if needs_grad:
+                grad.index_copy_(0, idx, (g * w[:, None]).to(grad.dtype))
         ctx.save_for_backward(grad) if needs_grad else None
         return total
 
@@ -165,9 +198,9 @@ class _ChunkedDivergence(torch.autograd.Function):
         return grad, None, None, None, None, None, None, None
 
 
-def divergence(position_fn: Callable, student_logits: torch.Tensor, teacher_logits, mask: torch.Tensor, *,
+def divergence(terms: Callable, student_logits: torch.Tensor, teacher_logits, mask: torch.Tensor, *,
                temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
-    """tau^2 * masked mean over positions of position_fn(log q, log p); see module doc."""
+    """tau^2 * masked mean over positions of the divergence ``terms`` computes; see module doc."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     B, T, V = student_logits.shape
@@ -186,18 +219,18 @@ def divergence(position_fn: Callable, student_logits: torch.Tensor, teacher_logi
             raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} != student logits {(B, T, V)}; "
                              "white-box losses need one vocabulary")
         dense, ids, lp = teacher_logits.detach().reshape(B * T, V), None, None
-    return _ChunkedDivergence.apply(student, dense, ids, lp, weights, position_fn, float(temperature), chunk_size)
+    return _ChunkedDivergence.apply(student, dense, ids, lp, weights, terms, float(temperature), chunk_size)
 
 
 def fkl(student_logits, teacher_logits, mask, *, temperature=1.0, chunk_size=DEFAULT_CHUNK):
     """Forward KL(p || q) per position, masked mean, times tau^2."""
-    return divergence(fkl_position, student_logits, teacher_logits, mask, temperature=temperature,
+    return divergence(fkl_terms, student_logits, teacher_logits, mask, temperature=temperature,
                       chunk_size=chunk_size)
 
 
 def rkl(student_logits, teacher_logits, mask, *, temperature=1.0, chunk_size=DEFAULT_CHUNK):
     """Reverse KL(q || p) per position, masked mean, times tau^2."""
-    return divergence(rkl_position, student_logits, teacher_logits, mask, temperature=temperature,
+    return divergence(rkl_terms, student_logits, teacher_logits, mask, temperature=temperature,
                       chunk_size=chunk_size)
 
 
@@ -205,13 +238,13 @@ def jsd(student_logits, teacher_logits, mask, *, temperature=1.0, beta=0.5, chun
     """Generalised Jensen-Shannon divergence with weight beta on the teacher (GKD)."""
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be in [0, 1], got {beta}")
-    return divergence(lambda ls, lt: jsd_position(ls, lt, beta), student_logits, teacher_logits, mask,
+    return divergence(lambda ls, lt: jsd_terms(ls, lt, beta), student_logits, teacher_logits, mask,
                       temperature=temperature, chunk_size=chunk_size)
 
 
 def tvd(student_logits, teacher_logits, mask, *, temperature=1.0, chunk_size=DEFAULT_CHUNK):
     """Total variation distance per position, masked mean, times tau^2."""
-    return divergence(tvd_position, student_logits, teacher_logits, mask, temperature=temperature,
+    return divergence(tvd_terms, student_logits, teacher_logits, mask, temperature=temperature,
                       chunk_size=chunk_size)
 
 
@@ -219,7 +252,7 @@ def skl(student_logits, teacher_logits, mask, *, temperature=1.0, alpha=0.1, chu
     """Skew KL(p || alpha p + (1 - alpha) q) (DistiLLM, default alpha = 0.1)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    return divergence(lambda ls, lt: skl_position(ls, lt, alpha), student_logits, teacher_logits, mask,
+    return divergence(lambda ls, lt: skl_terms(ls, lt, alpha), student_logits, teacher_logits, mask,
                       temperature=temperature, chunk_size=chunk_size)
 
 
@@ -227,7 +260,7 @@ def srkl(student_logits, teacher_logits, mask, *, temperature=1.0, alpha=0.1, ch
     """Skew reverse KL(q || (1 - alpha) q + alpha p) (DistiLLM, default alpha = 0.1)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    return divergence(lambda ls, lt: srkl_position(ls, lt, alpha), student_logits, teacher_logits, mask,
+    return divergence(lambda ls, lt: srkl_terms(ls, lt, alpha), student_logits, teacher_logits, mask,
                       temperature=temperature, chunk_size=chunk_size)
 
 

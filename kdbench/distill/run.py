@@ -17,6 +17,7 @@ from kdbench.dataset import DatasetInfo, load_examples
 from kdbench.distill.registry import ALGORITHMS, hparams_for
 from kdbench.distill.trainer import train
 from kdbench.errors import ConfigError, KdbenchError, did_you_mean
+from kdbench.locks import locked
 from kdbench.models.loading import identity, load_model
 
 
@@ -76,9 +77,13 @@ def distill(algorithm: str, seed: int, teacher_ref: str, student_ref: str, data:
     hp = hparams_for(algorithm, cfg.distill.hparams.get(algorithm))
     key = distill_key(algorithm, seed, teacher_ref, student_ref, data.manifest, cfg)
     out = Path(home) / "students" / f"{data.manifest['pack']}-{algorithm}-s{seed}-{key}"
-    if (out / "DONE").exists():
-        return DistillResult(**{**json.loads((out / "DONE").read_text()), "cached": True})
+    with locked(out):
+        if (out / "DONE").exists():
+            return DistillResult(**{**json.loads((out / "DONE").read_text()), "cached": True})
+        return _train(algorithm, algo, hp, seed, teacher_ref, student_ref, data, cfg, out, device, log_fn)
 
+
+def _train(algorithm, algo, hp, seed, teacher_ref, student_ref, data, cfg, out: Path, device, log_fn) -> DistillResult:
     student, tok = load_model(student_ref, dtype=cfg.models.dtype, device="cpu",
                               trust_remote_code=cfg.models.trust_remote_code)
     all_rows = load_examples(data)

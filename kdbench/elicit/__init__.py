@@ -19,6 +19,7 @@ from kdbench.elicit.labeling import label
 from kdbench.elicit.synthesis import curate, expand
 from kdbench.elicit.teacher import CachedModel
 from kdbench.errors import ConfigError, did_you_mean
+from kdbench.locks import locked
 from kdbench.models.loading import identity
 
 METHODS = {"labeling": label, "expansion": expand, "curation": curate, "feedback": feedback,
@@ -80,8 +81,14 @@ def elicit(pack, teacher_ref: str, cfg, home: Path, device: str = "cpu", student
         exclude={"backend", "batch_size", "openai_concurrency", "methods"}),
         identity(student_ref) if any(m in NEEDS_STUDENT for m in methods) else None)
     out = Path(home) / "elicit" / f"{pack.name}-{key}"
-    if (out / "DONE").exists():
-        return ElicitResult(out / "rows.jsonl", json.loads((out / "stats.json").read_text()), True)
+    with locked(out):
+        if (out / "DONE").exists():
+            return ElicitResult(out / "rows.jsonl", json.loads((out / "stats.json").read_text()), True)
+        return _run_methods(pack, teacher_ref, student_ref, cfg, home, device, methods, sampling, out, key)
+
+
+def _run_methods(pack, teacher_ref, student_ref, cfg, home, device, methods, sampling, out, key) -> ElicitResult:
+    e = cfg.elicit
     teacher = CachedModel(teacher_ref, cfg, Path(home), device=device, backend_name=e.backend)
     student = (CachedModel(student_ref, cfg, Path(home), device=device, backend_name="hf")
                if any(m in NEEDS_STUDENT for m in methods) else None)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from kdbench.data import QUESTION_TEMPLATE, content_hash, tokenize_example
+from kdbench.locks import locked
 from kdbench.packs.loader import DomainPack, iter_pack_texts
 
 RECIPE_VERSION = 1  # bump when the recipe changes so caches rebuild
@@ -131,15 +132,19 @@ def _save(model, tokenizer, path: Path, card: dict) -> None:
     (path / "kdbench.json").write_text(json.dumps(card, indent=2))
 
 
-def build_tiny_models(pack: DomainPack, tiny, home: Path, *, device: str = "cpu",
-                      train_cfg_factory=None) -> TinyModels:
+def build_tiny_models(pack: DomainPack, tiny, home: Path, *, device: str = "cpu") -> TinyModels:
     """Build (or reuse) the pack's tiny tokenizer, trained teacher and untrained student."""
+    key = content_hash(RECIPE_VERSION, pack.train_hash, tiny.model_dump())  # eval edits keep the models
+    root = Path(home) / "models" / f"{pack.name}-{key}"
+    with locked(root):
+        return _build(pack, tiny, root, key, device)
+
+
+def _build(pack: DomainPack, tiny, root: Path, key: str, device: str) -> TinyModels:
     from kdbench.config import TrainConfig
     from kdbench.distill.sft import sft_step
     from kdbench.distill.trainer import train
 
-    key = content_hash(RECIPE_VERSION, pack.train_hash, tiny.model_dump())  # eval edits keep the models
-    root = Path(home) / "models" / f"{pack.name}-{key}"
     if (root / "DONE").exists():
         return TinyModels(str(root / "teacher"), str(root / "student"), True,
                           json.loads((root / "DONE").read_text()))

@@ -1,0 +1,35 @@
+"""The benchmark flow: several packs x algorithms x seeds, fanned out as concurrent
+task runs (GPU-bound ones limited to the available slots), then one report
+across the packs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.domain import gpu_slots, summarize, wait_pack
+from flows.tasks import ensure_gpu_limit, report, submit_pack
+from kdbench import tracking
+from kdbench.config import RunConfig
+from kdbench.packs import load_pack
+
+
+@flow(name="kdbench-benchmark", persist_result=True, task_runner=ThreadPoolTaskRunner(max_workers=8))
+def benchmark_flow(config: dict, packs: list[str]) -> dict:
+    """``config``: a resolved RunConfig (its ``pack`` is replaced by each of ``packs``)."""
+    rc = RunConfig.model_validate(config)
+    ensure_gpu_limit(gpu_slots(rc))
+    names = [load_pack(p).name for p in packs]
+    futures = {name: submit_pack({**config, "pack": ref}) for name, ref in zip(names, packs, strict=True)}
+    done = {name: wait_pack(name, f) for name, f in futures.items()}
+    per_pack = {name: report.submit({**config, "pack": ref}) for name, ref in zip(names, packs, strict=True)}
+    overall = report.submit(config, names, "benchmark").result()
+    for name, ref in zip(names, packs, strict=True):
+        summarize(RunConfig.model_validate({**config, "pack": ref}), name, done[name])
+    uri = tracking.tracking_uri(rc)
+    print(f"[kdbench] leaderboard across {', '.join(names)}: {Path(overall['markdown']).resolve()}")
+    print(f"[kdbench] MLflow runs: {uri}\n[kdbench] open the UI: {tracking.ui_command(uri)}")
+    return {"packs": names, "report": overall, "pack_reports": {n: f.result() for n, f in per_pack.items()},
+            "results": {n: d["rows"] for n, d in done.items()}, "tracking_uri": uri}
