@@ -9,10 +9,11 @@ from pathlib import Path
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.domain import gpu_slots, summarize, wait_pack
-from flows.tasks import ensure_gpu_limit, report, submit_pack
+from flows.domain import summarize, wait_pack
+from flows.tasks import report, submit_pack
 from kdbench import tracking
 from kdbench.config import RunConfig
+from kdbench.preflight import preflight
 from kdbench.packs import load_pack
 
 
@@ -20,7 +21,9 @@ from kdbench.packs import load_pack
 def benchmark_flow(config: dict, packs: list[str]) -> dict:
     """``config``: a resolved RunConfig (its ``pack`` is replaced by each of ``packs``)."""
     rc = RunConfig.model_validate(config)
-    ensure_gpu_limit(gpu_slots(rc))
+    config = rc.model_dump(mode="json")
+    for ref in packs:  # every pack checked before any work starts
+        preflight(RunConfig.model_validate({**config, "pack": ref}))
     names = [load_pack(p).name for p in packs]
     futures = {name: submit_pack({**config, "pack": ref}) for name, ref in zip(names, packs, strict=True)}
     done = {name: wait_pack(name, f) for name, f in futures.items()}

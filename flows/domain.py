@@ -13,16 +13,11 @@ from pathlib import Path
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.tasks import cached_note, ensure_gpu_limit, report, submit_pack
+from flows.tasks import cached_note, report, submit_pack
 from kdbench import steps, tracking
 from kdbench.config import RunConfig
+from kdbench.preflight import preflight
 from kdbench.packs import load_pack
-
-
-def gpu_slots(rc: RunConfig) -> int:
-    import torch
-
-    return rc.orchestration.gpu_slots or max(1, torch.cuda.device_count())
 
 
 def wait_pack(pack: str, futures: dict) -> dict:
@@ -47,8 +42,9 @@ def summarize(rc: RunConfig, pack_name: str, done: dict) -> None:
 def domain_flow(config: dict) -> dict:
     """Run the benchmark for one pack; ``config`` is a resolved RunConfig as a dict."""
     rc = RunConfig.model_validate(config)
+    preflight(rc)
+    config = rc.model_dump(mode="json")  # a partial config (a deployment's parameters) gets every default
     pack = load_pack(rc.pack).name
-    ensure_gpu_limit(gpu_slots(rc))
     print(f"[kdbench] {pack}: submitting models -> elicitation ({', '.join(rc.elicit.methods)}) -> dataset -> "
           f"baselines -> {', '.join(rc.distill.algorithms)} x seeds {rc.distill.seeds} -> report")
     done = wait_pack(pack, submit_pack(config))

@@ -3,67 +3,61 @@
 Every task persists its result and is cached on its inputs and source, so a
 rerun skips what is done (results go where PREFECT_LOCAL_STORAGE_PATH points;
 the CLI sets it to <home>/prefect-results). Steps that load models onto the
-accelerator hold a slot of the global concurrency limit ``kdbench-gpu``, so a
-benchmark can fan packs x algorithms out as concurrent task runs while at most
-``orchestration.gpu_slots`` of them train or generate at a time.
+accelerator hold one of ``orchestration.gpu_slots`` slots (kdbench.locks.gpu_slot),
+so a benchmark can fan packs x algorithms out as concurrent task runs while at
+most that many train or generate at a time on this machine.
+
+Why not a Prefect global concurrency limit: its slots are leases kept by the
+server, and a SIGKILLed run keeps its slot until the lease expires, which
+stalls the rerun; and GPU slots belong to a machine, not to the cluster. On a
+team setup, work-pool concurrency limits bound runs per pool (see README).
 """
 
 from __future__ import annotations
 
 from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
-from prefect.concurrency.sync import concurrency
 
 from kdbench import steps
+from kdbench.locks import gpu_slot
 
-GPU_LIMIT = "kdbench-gpu"
 CACHED = {"cache_policy": TASK_SOURCE + INPUTS, "persist_result": True}
 
 
-def ensure_gpu_limit(slots: int) -> None:
-    """Create or resize the global concurrency limit the heavy tasks share."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+def slots(config: dict) -> int:
+    import torch
 
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(GPU_LIMIT)
-            client.update_global_concurrency_limit(GPU_LIMIT, GlobalConcurrencyLimitUpdate(limit=slots))
-        except Exception:  # not there yet (ObjectNotFound), or created by a concurrent run meanwhile
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=slots))
-            except Exception:
-                client.update_global_concurrency_limit(GPU_LIMIT, GlobalConcurrencyLimitUpdate(limit=slots))
+    return config.get("orchestration", {}).get("gpu_slots") or max(1, torch.cuda.device_count())
 
 
 @task(name="prepare-models", **CACHED)
 def prepare_models(config: dict) -> dict:
-    with concurrency(GPU_LIMIT):
+    with gpu_slot(slots(config)):
         return steps.prepare_models(config)
 
 
 @task(name="elicit", **CACHED)
 def elicit(config: dict, models: dict) -> dict:
-    with concurrency(GPU_LIMIT):
+    with gpu_slot(slots(config)):
         return steps.elicit_step(config, models)
 
 
 @task(name="build-dataset", **CACHED)
 def build_dataset(config: dict, elicited: dict, models: dict) -> dict:
-    with concurrency(GPU_LIMIT):  # the feature method runs the teacher here
+    with gpu_slot(slots(config)):  # the feature method runs the teacher here
         return steps.dataset_step(config, elicited, models)
 
 
 @task(name="evaluate-baseline", task_run_name="{config[pack]}-evaluate-{role}-{index}", **CACHED)
 def baseline(config: dict, role: str, models: dict, index: int, data: dict) -> dict:
-    with concurrency(GPU_LIMIT):
+    with gpu_slot(slots(config)):
         return steps.baseline_step(config, role, models, index, data)
 
 
 @task(name="distill-and-evaluate", task_run_name="{config[pack]}-{algorithm}-seed{seed}-student{index}", **CACHED)
 def student(config: dict, algorithm: str, seed: int, models: dict, index: int, data: dict, teacher_eval: dict,
             before_eval: dict) -> dict:
-    with concurrency(GPU_LIMIT):
+    with gpu_slot(slots(config)):
         return steps.student_step(config, algorithm, seed, models, index, data, teacher_eval, before_eval)
 
 

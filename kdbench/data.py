@@ -128,3 +128,30 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
 def read_jsonl(path: Path) -> list[dict]:
     with Path(path).open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def write_json(path: Path, obj) -> None:
+    """Write JSON atomically (temporary file, then rename): a crash never leaves half a marker."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)
+
+
+def read_done(path: Path) -> dict | None:
+    """A finished step's JSON record, or None if it is missing or unreadable.
+
+    An unreadable record (a corrupted cache file) is moved aside with a warning,
+    so the step simply runs again instead of failing or trusting bad data.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        aside = path.with_name(path.name + ".corrupt")
+        path.replace(aside)
+        print(f"[kdbench] warning: {path} is unreadable ({type(e).__name__}); moved to {aside.name}, "
+              "the step runs again")
+        return None

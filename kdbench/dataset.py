@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdbench.data import content_hash, read_jsonl
+from kdbench.data import content_hash, read_done, read_jsonl, write_json
 from kdbench.locks import locked
 from kdbench.packs import decontam
 from kdbench.packs.generators import verify
@@ -32,8 +32,9 @@ def build_dataset(pack, rows_path: Path, home: Path, n: int = decontam.DEFAULT_N
     key = content_hash(pack.data_hash, content_hash(rows), n)
     out = Path(home) / "datasets" / f"{pack.name}-{key}"
     with locked(out):
-        if (out / "manifest.json").exists():
-            return DatasetInfo(out, json.loads((out / "manifest.json").read_text()))
+        manifest = read_done(out / "manifest.json")
+        if manifest is not None:
+            return DatasetInfo(out, manifest)
         return _build(pack, rows, out, n)
 
 
@@ -76,7 +77,7 @@ def _build(pack, rows: list[dict], out: Path, n: int) -> DatasetInfo:
         "decontam_n": n, "decontam_rate": round(report.rate, 6),
         "contaminated_examples": dict(list(report.hits.items())[:20]),
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    write_json(out / "manifest.json", manifest)
     return DatasetInfo(out, manifest)
 
 

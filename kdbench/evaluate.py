@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kdbench.data import content_hash
+from kdbench.data import content_hash, read_done, write_json
 from kdbench.errors import ConfigError, KdbenchError, did_you_mean
 from kdbench.locks import locked
 from kdbench.models.loading import identity, load_tokenizer
@@ -91,8 +91,9 @@ def evaluate(model_ref: str, pack, cfg, home: Path, *, device: str = "cpu", labe
         exclude={"samples_per_task"}))
     out = Path(home) / "evals" / f"{pack.name}-{key}"
     with locked(out):
-        if (out / "result.json").exists():
-            return EvalResult(**{**json.loads((out / "result.json").read_text()), "cached": True})
+        done = read_done(out / "result.json")
+        if done is not None:
+            return EvalResult(**{**done, "cached": True})
         return _run_lm_eval(model_ref, pack, cfg, tasks, out, device, label)
 
 
@@ -126,5 +127,5 @@ def _run_lm_eval(model_ref, pack, cfg, tasks, out: Path, device: str, label: str
     samples_path = out / "samples.json"
     samples_path.write_text(json.dumps(_compact_samples(res.get("samples", {})), ensure_ascii=False))
     result = EvalResult(model=model_ref, metrics=metrics, samples_path=str(samples_path), seconds=round(seconds, 2))
-    (out / "result.json").write_text(json.dumps(asdict(result), indent=2))
+    write_json(out / "result.json", asdict(result))
     return result

@@ -8,11 +8,10 @@ a finished folder is reused as it is.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kdbench.data import content_hash, tokenize_example
+from kdbench.data import content_hash, read_done, tokenize_example, write_json
 from kdbench.dataset import DatasetInfo, load_examples
 from kdbench.distill.registry import ALGORITHMS, hparams_for
 from kdbench.distill.trainer import train
@@ -78,8 +77,9 @@ def distill(algorithm: str, seed: int, teacher_ref: str, student_ref: str, data:
     key = distill_key(algorithm, seed, teacher_ref, student_ref, data.manifest, cfg)
     out = Path(home) / "students" / f"{data.manifest['pack']}-{algorithm}-s{seed}-{key}"
     with locked(out):
-        if (out / "DONE").exists():
-            return DistillResult(**{**json.loads((out / "DONE").read_text()), "cached": True})
+        done = read_done(out / "DONE")
+        if done is not None:
+            return DistillResult(**{**done, "cached": True})
         return _train(algorithm, algo, hp, seed, teacher_ref, student_ref, data, cfg, out, device, log_fn)
 
 
@@ -131,5 +131,5 @@ def _train(algorithm, algo, hp, seed, teacher_ref, student_ref, data, cfg, out: 
                          train_tokens=result.train_tokens, seconds=round(result.seconds, 2),
                          tokens_per_s=round(result.tokens_per_s, 1), peak_mem_mb=round(result.peak_mem_mb, 1),
                          final_loss=result.final_loss, resumed_from=result.resumed_from, hparams=hp.model_dump())
-    (out / "DONE").write_text(json.dumps(asdict(done), indent=2))
+    write_json(out / "DONE", asdict(done))
     return done

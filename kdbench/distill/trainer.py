@@ -151,8 +151,15 @@ def train(student, tokenizer, examples: list[dict], step_fn: StepFn, *, cfg, out
     ckpt = out_dir / "checkpoint"
     start = 0
     if (ckpt / "step.json").exists():
-        start = _load_checkpoint(ckpt, accelerator.unwrap_model(student), optimizer, scheduler, extra)
-        print(f"[kdbench] {desc}: resuming from the checkpoint at step {start}/{total}")
+        try:
+            start = _load_checkpoint(ckpt, accelerator.unwrap_model(student), optimizer, scheduler, extra)
+            print(f"[kdbench] {desc}: resuming from the checkpoint at step {start}/{total}")
+        except Exception as e:  # a truncated or corrupted file: keep it for inspection, start over
+            aside = ckpt.with_name(f"checkpoint.corrupt-{int(time.time())}")
+            ckpt.rename(aside)
+            print(f"[kdbench] warning: {desc}: the checkpoint in {ckpt} cannot be read ({type(e).__name__}: "
+                  f"{str(e)[:200]}); moved to {aside.name}, training starts from step 0")
+            start = 0
 
     ctx = StepContext(student=student, teacher=teacher, tokenizer=tokenizer, hp=hp, device=dev,
                       generator=torch.Generator().manual_seed(seed), extra=extra)

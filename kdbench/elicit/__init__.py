@@ -8,11 +8,10 @@ folder, so a rerun with the same teacher, pack and settings reuses them.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdbench.data import content_hash, read_jsonl, write_jsonl
+from kdbench.data import content_hash, read_done, read_jsonl, write_json, write_jsonl
 from kdbench.elicit.backends import Sampling
 from kdbench.elicit.feedback import feedback, self_knowledge
 from kdbench.elicit.labeling import label
@@ -82,8 +81,9 @@ def elicit(pack, teacher_ref: str, cfg, home: Path, device: str = "cpu", student
         identity(student_ref) if any(m in NEEDS_STUDENT for m in methods) else None)
     out = Path(home) / "elicit" / f"{pack.name}-{key}"
     with locked(out):
-        if (out / "DONE").exists():
-            return ElicitResult(out / "rows.jsonl", json.loads((out / "stats.json").read_text()), True)
+        stats = read_done(out / "stats.json") if (out / "DONE").exists() else None
+        if stats is not None:
+            return ElicitResult(out / "rows.jsonl", stats, True)
         return _run_methods(pack, teacher_ref, student_ref, cfg, home, device, methods, sampling, out, key)
 
 
@@ -103,7 +103,7 @@ def _run_methods(pack, teacher_ref, student_ref, cfg, home, device, methods, sam
              "backend": teacher.backend_name, "teacher_generated_tokens": teacher.generated_tokens,
              "teacher_seconds": round(getattr(teacher._backend, "seconds", 0.0), 2)}
     write_jsonl(out / "rows.jsonl", rows)
-    (out / "stats.json").write_text(json.dumps(stats, indent=2))
+    write_json(out / "stats.json", stats)
     (out / "DONE").write_text(key)
     return ElicitResult(out / "rows.jsonl", stats, False)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from kdbench.data import QUESTION_TEMPLATE, content_hash, tokenize_example
+from kdbench.data import QUESTION_TEMPLATE, content_hash, read_done, tokenize_example, write_json
 from kdbench.locks import locked
 from kdbench.packs.loader import DomainPack, iter_pack_texts
 
@@ -145,9 +145,9 @@ def _build(pack: DomainPack, tiny, root: Path, key: str, device: str) -> TinyMod
     from kdbench.distill.sft import sft_step
     from kdbench.distill.trainer import train
 
-    if (root / "DONE").exists():
-        return TinyModels(str(root / "teacher"), str(root / "student"), True,
-                          json.loads((root / "DONE").read_text()))
+    done = read_done(root / "DONE")
+    if done is not None:
+        return TinyModels(str(root / "teacher"), str(root / "student"), True, done)
     root.mkdir(parents=True, exist_ok=True)
     texts = list(iter_pack_texts(pack)) + [QUESTION_TEMPLATE.format(prompt=k.question) for k in pack.knowledge]
     tokenizer = train_tokenizer(texts, tiny.vocab_size)
@@ -172,5 +172,5 @@ def _build(pack: DomainPack, tiny, root: Path, key: str, device: str) -> TinyMod
     _save(teacher, tokenizer, root / "teacher", {"fingerprint": f"{key}-teacher", "role": "teacher", **info})
     _save(student, tokenizer, root / "student", {"fingerprint": f"{key}-student", "role": "student", **info})
     shutil.rmtree(work, ignore_errors=True)
-    (root / "DONE").write_text(json.dumps(info, indent=2))
+    write_json(root / "DONE", info)
     return TinyModels(str(root / "teacher"), str(root / "student"), False, info)
