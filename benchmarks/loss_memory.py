@@ -101,7 +101,7 @@ def main() -> None:
         return
     rows = []
     print(f"B*T = {a.bt}, V = {a.vocab}, float32, forward + backward, median of {a.reps}")
-    print(f"| loss | reference peak MB | kdbench peak MB | memory ratio | reference s | kdbench s | time ratio |")
+    print("| loss | reference peak MB | kdbench peak MB | memory ratio | reference s | kdbench s | time ratio |")
     print("|---|---|---|---|---|---|---|")
     for name in LOSSES:
         got = {}

