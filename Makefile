@@ -44,7 +44,9 @@ $(VENV)/.test-installed: $(VENV)/.installed
 
 vllm-venv: .venv-vllm/.installed
 
+# headless Chromium renders the HTML report in tests/test_report_html.py (Debian package `chromium`)
 test-deps: $(VENV)/.test-installed .venv-vllm/.installed
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 test: test-deps
 	KDBENCH_REQUIRE_VLLM=1 $(PY) -m pytest -q

@@ -32,7 +32,8 @@ def benchmark_flow(config: dict, packs: list[str]) -> dict:
     for name, ref in zip(names, packs, strict=True):
         summarize(RunConfig.model_validate({**config, "pack": ref}), name, done[name])
     uri = tracking.tracking_uri(rc)
-    print(f"[kdbench] leaderboard across {', '.join(names)}: {Path(overall['markdown']).resolve()}")
+    print(f"[kdbench] leaderboard across {', '.join(names)}: {Path(overall['markdown']).resolve()}"
+          + (f" (and {Path(overall['html']).resolve()})" if overall.get("html") else ""))
     print(f"[kdbench] MLflow runs: {uri}\n[kdbench] open the UI: {tracking.ui_command(uri)}")
     return {"packs": names, "report": overall, "pack_reports": {n: f.result() for n, f in per_pack.items()},
             "results": {n: d["rows"] for n, d in done.items()}, "tracking_uri": uri}

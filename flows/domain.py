@@ -52,7 +52,8 @@ def domain_flow(config: dict) -> dict:
     uri = tracking.tracking_uri(rc)
     print()
     summarize(rc, pack, done)
-    print(f"[kdbench] leaderboard: {Path(paths['markdown']).resolve()}")
+    print(f"[kdbench] leaderboard: {Path(paths['markdown']).resolve()}"
+          + (f" (and {Path(paths['html']).resolve()})" if paths.get("html") else ""))
     print(f"[kdbench] MLflow runs: {uri}\n[kdbench] open the UI: {tracking.ui_command(uri)}")
     return {"pack": pack, "report": paths, "results": done["rows"], "teacher": done["teacher"]["metrics"],
             "student_before": done["before"]["metrics"], "tracking_uri": uri}

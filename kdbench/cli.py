@@ -34,7 +34,6 @@ def _set(overrides: dict, dotted: str, value) -> None:
 
 def run_overrides(a: argparse.Namespace) -> dict:
     """Flags -> a nested dict over the run config (flags win over the YAML)."""
-    import yaml
 
     o: dict = {"pack": a.pack}
     simple = {"home": a.home, "report_dir": a.report_dir, "device": a.device, "models.teacher": a.teacher,
@@ -48,65 +47,48 @@ def run_overrides(a: argparse.Namespace) -> dict:
         if v is not None:
             _set(o, k, v)
     for item in a.set or []:
-        if "=" not in item:
-            raise KdbenchError(f"--set {item!r}: expected KEY=VALUE, e.g. --set distill.hparams.jsd.beta=0.9")
-        k, v = item.split("=", 1)
-        _set(o, k.strip(), yaml.safe_load(v))
+        _parse_set(o, item)
     return o
 
 
-def preflight(cfg) -> None:
-    """Every check that can fail on bad input, before anything is written anywhere."""
-    from kdbench.config import TINY
-    from kdbench.distill.run import check_algorithms
-    from kdbench.elicit import check_methods, effective_methods
-    from kdbench.elicit.backends import resolve_backend_name
-    from kdbench.evaluate import tasks_for
-    from kdbench.packs import load_pack
+def _parse_set(overrides: dict, item: str) -> None:
+    import yaml
 
-    pack = load_pack(cfg.pack)
-    check_algorithms(cfg.distill.algorithms)
-    check_methods(effective_methods(cfg), pack)
-    resolve_backend_name(cfg.elicit.backend)
-    tasks_for(pack, cfg)
-    from kdbench.distill.registry import hparams_for
-
-    for algo in cfg.distill.algorithms:
-        hparams_for(algo, cfg.distill.hparams.get(algo))
-    for name in cfg.distill.hparams:
-        check_algorithms([name])
-    refs = [cfg.models.teacher, *cfg.models.students]
-    local = all(r == TINY or Path(r).exists() for r in refs)
-    if local and not cfg.eval.public:  # nothing needs the hub: make sure nothing tries it
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    if cfg.eval.public and os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", ""):
-        raise KdbenchError("--public evaluates on the pack's public lm-eval tasks "
-                           f"({', '.join(pack.spec.public_tasks)}), which need the Hugging Face hub; "
-                           "this machine is offline (HF_DATASETS_OFFLINE=1). Run without --public.")
-    if cfg.eval.public:
-        _check_hub_reachable(pack)
-
-
-def _check_hub_reachable(pack) -> None:
-    import urllib.request
-
-    try:
-        urllib.request.urlopen("https://huggingface.co/api/datasets?limit=1", timeout=5)
-    except OSError as e:
-        raise KdbenchError(f"--public needs the Hugging Face hub for {', '.join(pack.spec.public_tasks)}, "
-                           f"but it cannot be reached ({e}). Run without --public, or on a connected machine.") from None
+    if "=" not in item:
+        raise KdbenchError(f"--set {item!r}: expected KEY=VALUE, e.g. --set distill.hparams.jsd.beta=0.9")
+    k, v = item.split("=", 1)
+    _set(overrides, k.strip(), yaml.safe_load(v))
 
 
 def cmd_run(a: argparse.Namespace) -> int:
+    """One pack: the domain flow. Several (comma-separated): the benchmark flow, one report across them."""
     from kdbench.config import load_config
+    from kdbench.preflight import preflight
 
+    packs = _csv(a.pack) or []
+    a.pack = packs[0] if packs else a.pack
     cfg = load_config(a.config, run_overrides(a))
-    preflight(cfg)
+    for p in packs:  # every pack checked before anything starts
+        preflight(cfg.model_copy(update={"pack": p}))
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(cfg.home_path / "prefect-results"))
-    from flows.domain import domain_flow
+    if len(packs) > 1:
+        from flows.benchmark import benchmark_flow
 
-    domain_flow(cfg.model_dump(mode="json"))
+        benchmark_flow(cfg.model_dump(mode="json"), packs)
+    else:
+        from flows.domain import domain_flow
+
+        domain_flow(cfg.model_dump(mode="json"))
+    return 0
+
+
+def cmd_schedule(a: argparse.Namespace) -> int:
+    from kdbench import schedule
+
+    over: dict = {}
+    for item in a.set or []:
+        _parse_set(over, item)
+    schedule.serve(_csv(a.only), overrides=over or None, limit=a.limit)
     return 0
 
 
@@ -159,13 +141,17 @@ def cmd_report(a: argparse.Namespace) -> int:
     from kdbench.config import load_config
     from kdbench.report import write_report
 
+    # an unreachable tracking server should fail in seconds, not after MLflow's minutes of retries
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     over: dict = {"pack": (_csv(a.pack) or ["all"])[0]}
     if a.home:
         over["home"] = a.home
     if a.tracking_uri:
         _set(over, "tracking.uri", a.tracking_uri)
     cfg = load_config(a.config, over)
-    paths = write_report(cfg, packs=_csv(a.pack), algorithms=_csv(a.algorithms), since=a.since, out_dir=a.out)
+    paths = write_report(cfg, packs=_csv(a.pack), algorithms=_csv(a.algorithms), since=a.since, out_dir=a.out,
+                         name=a.name, ui_url=a.mlflow_ui_url)
     for k, v in paths.items():
         print(f"{k}: {Path(v).resolve()}")
     return 0
@@ -181,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the benchmark flow for one pack",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="algorithms:\n" + "\n".join(f"  {n:<8} {a.summary}" for n, a in ALGORITHMS.items()))
-    r.add_argument("pack", help="pack name (see `kdbench packs list`) or path to a pack folder")
+    r.add_argument("pack", help="pack name (see `kdbench packs list`) or path to a pack folder; several, "
+                   "comma-separated, run as one benchmark with a report across them")
     r.add_argument("--config", help="run config YAML (flags override it)")
     r.add_argument("--teacher", help="teacher: hub id, local path, or 'tiny' (default: tiny)")
     r.add_argument("--students", help="comma-separated students (default: tiny)")
@@ -202,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any config key, e.g. --set distill.hparams.jsd.beta=0.9 (repeatable)")
     r.set_defaults(fn=cmd_run)
 
+    sc = sub.add_parser("schedule", help="serve the deployments of prefect.yaml on their cron schedules "
+                        "(needs a Prefect server: see README, Scheduling)")
+    sc.add_argument("--only", help="comma-separated deployment names (default: all)")
+    sc.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a run-config key in every served deployment (repeatable)")
+    sc.add_argument("--limit", type=int, help="flow runs at once (default: unlimited)")
+    sc.set_defaults(fn=cmd_schedule)
+
     al = sub.add_parser("algorithms", help="list the distillation algorithms")
     al.set_defaults(fn=cmd_algorithms)
 
@@ -215,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--dir", default="domains", help="parent folder (default: ./domains)")
     pk.set_defaults(fn=cmd_packs)
 
-    rp = sub.add_parser("report", help="write leaderboards from MLflow runs")
+    rp = sub.add_parser("report", help="write leaderboard reports (Markdown, HTML, plots, CSV) from MLflow runs")
     rp.add_argument("--pack", help="comma-separated packs (default: all)")
     rp.add_argument("--algorithms", help="comma-separated algorithms (default: all)")
     rp.add_argument("--since", help="only runs started at or after this date/time (ISO, e.g. 2026-11-01)")
@@ -223,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--home", help="run home holding the default SQLite DB (default: .kdbench)")
     rp.add_argument("--config", help="run config YAML to read tracking settings from")
     rp.add_argument("--out", help="output folder (default: reports/leaderboards)")
+    rp.add_argument("--name", help="file name of the report: <out>/<name>.md, .html, <name>-*.png "
+                    "(default: the pack for one pack, else 'leaderboard')")
+    rp.add_argument("--mlflow-ui-url", help="where the MLflow UI runs, for run links when the tracking URI is not "
+                    "a server (default: http://127.0.0.1:5000, what `mlflow ui` serves)")
     rp.set_defaults(fn=cmd_report)
     return p
 

@@ -1,41 +1,86 @@
-"""Leaderboard reports from MLflow runs: ``write_report`` is the entry point."""
+"""Leaderboard reports from MLflow runs: ``write_report`` is the entry point.
+
+collect (MLflow -> DataFrame) -> leaderboard (per-pack tables, summary, win
+rates) -> plots (PNG) -> document (what the report says) -> markdown / html.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import re
 from pathlib import Path
 
 from kdbench import tracking
-from kdbench.report.collect import collect_runs
-from kdbench.report.leaderboard import leaderboard, task_info, write_csv
-from kdbench.report.markdown import esc, table
+from kdbench.report import document, html, markdown, plots
+from kdbench.report.collect import collect_runs, load_samples, read_client
+from kdbench.report.leaderboard import (
+    leaderboard,
+    summary,
+    task_info,
+    win_columns,
+    win_rates,
+    write_csv,
+)
+
+__all__ = ["collect_runs", "write_report"]
+
+
+def _slug(name: str) -> str:
+    """A file-name-safe form of a report or pack name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "report"
 
 
 def write_report(cfg, packs: list[str] | None = None, algorithms: list[str] | None = None,
-                 since: str | None = None, out_dir: str | Path | None = None) -> dict[str, Path]:
-    """Write <out_dir>/<name>.md (and .csv per pack); returns the paths written."""
+                 since: str | None = None, out_dir: str | Path | None = None, name: str | None = None,
+                 ui_url: str | None = None) -> dict[str, Path]:
+    """Write <out>/<name>.md, <name>.html, <name>-*.png and a CSV per pack; returns the paths.
+
+    name defaults to the pack's name for one pack, else 'leaderboard'; ui_url is where the
+    MLflow UI runs for run links when the tracking URI is not a server (default
+    http://127.0.0.1:5000, what `mlflow ui` serves)."""
     out = Path(out_dir or cfg.report_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    df = collect_runs(cfg, packs, algorithms, since)
-    name = packs[0] if packs and len(packs) == 1 else "leaderboard"
     uri = tracking.tracking_uri(cfg)
-    lines = [f"# kdbench leaderboard{': ' + esc(name) if name != 'leaderboard' else ''}", "",
-             f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} from `{uri}` "
-             f"(code {tracking.code_version()}). Scores in percent, mean ± std over seeds (n runs).", ""]
+    ui = document.ui_base(uri, ui_url)
+    df = collect_runs(cfg, packs, algorithms, since)
+    name = _slug(name or (packs[0] if packs and len(packs) == 1 else "leaderboard"))
+    report = document.header(cfg, name, ui, packs, algorithms, since)
+    out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
-    if df.empty:
-        lines += ["No finished kdbench runs match."]
-    for pack in sorted(df["pack"].unique()) if not df.empty else []:
-        tasks = task_info(pack, df)
-        board = leaderboard(df, pack, tasks)
-        lines += [f"## {esc(pack)}", ""]
-        if board.empty:
-            lines += ["No runs yet.", ""]
-            continue
-        for (teacher, student), setting in board.groupby(["teacher", "student"], sort=False):
-            lines += [f"Teacher `{esc(teacher)}`, student `{esc(student)}`.", "", table(setting, tasks), ""]
-        paths[f"{pack}.csv"] = write_csv(board, out / f"{pack}.csv")
+    if not df.empty:
+        evals = df[df["role"].isin(["teacher", "student_before", "student_after"])]
+        pack_names = sorted(evals["pack"].dropna().unique())
+        tasks = {p: task_info(p, evals[evals["pack"] == p], where=cfg.pack) for p in pack_names}
+        boards = {p: leaderboard(evals, p, tasks[p]) for p in pack_names}
+        algos = sorted({r for b in boards.values() if not b.empty for r in b.loc[b["role"] == "student_after", "row"]})
+        style = plots.styles(algos)
+        columns = win_columns(boards, tasks)
+        rates = win_rates(columns)
+        summ = summary(boards, tasks)
+        if not summ.empty:
+            report.summary = document.summary_table(summ, rates, len(columns))
+            report.win_note = ("Mean win rate over the (pack, task) columns: " + "; ".join(columns) +
+                               ". Each pack column of the table shows its first task's headline metric.")
+        gap_png = plots.gap_closed_bars(boards, tasks, style, out / f"{name}-gap-closed.png")
+        if gap_png:
+            report.gap_figure = document.Figure(gap_png.name, "Gap closed per algorithm and pack, on each "
+                                                "pack's headline task (mean ± std over seeds; 100% = teacher).")
+            paths["gap-closed.png"] = gap_png
+        client = read_client(cfg)[0]
+        for p in pack_names:
+            board = boards[p]
+            section = document.build_pack(df, p, tasks[p], board, ui, lambda ids: load_samples(client, ids),
+                                          cfg.eval.samples_per_task)
+            if not board.empty:
+                png = plots.score_vs_cost(board, tasks[p], p, style, out / f"{name}-cost-{_slug(p)}.png")
+                if png:
+                    section.figure = document.Figure(png.name, f"{p}: headline score against training tokens "
+                                                     "and training wall time, one marker per algorithm.")
+                    paths[f"cost-{p}.png"] = png
+                csv = out / (f"{_slug(p)}.csv" if _slug(p) == name else f"{name}-{_slug(p)}.csv")
+                paths[f"{p}.csv"] = write_csv(board, csv)
+                section.csv = csv.name
+            report.packs.append(section)
     md = out / f"{name}.md"
-    md.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    paths["markdown"] = md
-    return paths
+    md.write_text(markdown.render(report), encoding="utf-8")
+    page = out / f"{name}.html"
+    page.write_text(html.render(report, out), encoding="utf-8")
+    return {"markdown": md, "html": page, **paths}

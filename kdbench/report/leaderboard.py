@@ -1,9 +1,14 @@
-"""Turn tracked runs into leaderboard tables (pandas), one per pack.
+"""Turn tracked runs into leaderboard tables (pandas), one per pack, and compare across packs.
 
 A *setting* is (pack, teacher, student). Within it the leaderboard has the
 teacher, the student before distillation, and one row per algorithm with every
 number aggregated over seeds as mean, std and n. When a run was repeated (new
 code, new config) only the newest run per (role, model, algorithm, seed) counts.
+
+Across packs, ``summary`` puts the headline score of each pack's first task side
+by side and ``win_rates`` ranks algorithms HELM-style: in every (pack, task)
+column an algorithm scores the fraction of the other algorithms it beats (ties
+count half); its mean win rate is the average over the columns it appears in.
 """
 
 from __future__ import annotations
@@ -15,9 +20,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kdbench.metrics import chance_normalized
+from kdbench.metrics import chance_normalized, gap_metrics
 
 ROLE_ORDER = {"teacher": 0, "student_before": 1, "student_after": 2}
+EVAL_ROLES = list(ROLE_ORDER)
+GAPS = ("gap", "gap_closed", "retention", "chance_norm")
+COSTS = ("cost.teacher_tokens", "cost.teacher_seconds", "cost.train_tokens", "cost.train_seconds",
+         "cost.wall_seconds", "cost.cpu_seconds", "cost.gpu_seconds", "cost.peak_mem_mb", "cost.tokens_per_s",
+         "cost.eval_seconds")
+_NOT_TASKS = ("m:train", "m:cost", "m:eval", "m:dataset", "m:decontam", "m:teacher", "m:dropped", "m:filter_rate")
 
 
 @dataclass
@@ -25,29 +36,57 @@ class TaskInfo:
     name: str
     metric: str  # the headline metric
     chance: float  # score of random guessing (1 / choices for multiple choice, else 0)
+    kind: str = "generation"  # multiple_choice | generation
+    inferred: bool = False  # from metric names: the pack is not present here
 
 
-def task_info(pack_name: str, df: pd.DataFrame) -> list[TaskInfo]:
-    """From the pack when it can be loaded here, else inferred from metric names."""
-    try:
-        from kdbench.packs import load_pack
+def _infer_tasks(df: pd.DataFrame, skip: set[str]) -> list[TaskInfo]:
+    """Tasks from metric names '<task>.<metric>' (acc: multiple choice, chance assumed 1/4)."""
+    names = sorted({c[2:].split(".")[0] for c in df.columns if c.startswith("m:") and c.count(".") == 1
+                    and not c.startswith(_NOT_TASKS)} - skip)
+    out = []
+    for n in names:
+        metrics = [c[len(n) + 3:] for c in df.columns if c.startswith(f"m:{n}.") and c.count(".") == 1]
+        metrics = [m for m in metrics if not m.endswith("_stderr") and m != "n" and df[f"m:{n}.{m}"].notna().any()]
+        for pick in ("acc", "rougeL", "exact_match", "f1", *sorted(metrics)):
+            if pick in metrics:
+                mc = pick.startswith("acc")
+                out.append(TaskInfo(n, pick, 0.25 if mc else 0.0, "multiple_choice" if mc else "generation", True))
+                break
+    return out
 
-        pack = load_pack(pack_name)
-        out = []
-        for t in pack.spec.eval.tasks:
-            items = pack.eval_items[t.name]
-            chance = float(np.mean([1 / len(i.choices) for i in items])) if t.kind == "multiple_choice" else 0.0
-            out.append(TaskInfo(t.name, t.metric, chance))
-        return out
-    except Exception:  # a pack not present on this machine: infer
-        names = sorted({c[2:].split(".")[0] for c in df.columns if c.startswith("m:") and c.count(".") == 1
-                        and not c.startswith(("m:train", "m:cost", "m:eval"))})
-        out = []
-        for n in names:
-            metric = "acc" if f"m:{n}.acc" in df else ("rougeL" if f"m:{n}.rougeL" in df else None)
-            if metric:
-                out.append(TaskInfo(n, metric, 0.25 if metric == "acc" else 0.0))
-        return out
+
+def _load(pack_name: str, where: str | None):
+    """The pack by name, or from ``where`` (a pack folder) when that holds the pack of that name."""
+    from kdbench.packs import load_pack
+
+    for ref in [pack_name, where] if where and where != pack_name else [pack_name]:
+        try:
+            pack = load_pack(ref)
+        except Exception:  # noqa: BLE001, S112  (not present here, or invalid: try the next, else infer)
+            continue
+        if pack.name == pack_name:
+            return pack
+    return None
+
+
+def task_info(pack_name: str, df: pd.DataFrame, where: str | None = None) -> list[TaskInfo]:
+    """The pack's tasks when it can be loaded here (by name, or from the folder ``where``), plus any
+    other task with metrics (e.g. public ones); else inferred from metric names. Tasks without
+    any score are left out."""
+    d = df[df["role"].isin(EVAL_ROLES)] if "role" in df else df
+    d = d.dropna(axis=1, how="all")
+    pack = _load(pack_name, where)
+    if pack is None:
+        return _infer_tasks(d, set())
+    out = []
+    for t in pack.spec.eval.tasks:
+        if f"m:{t.name}.{t.metric}" not in d:
+            continue
+        items = pack.eval_items[t.name]
+        chance = float(np.mean([1 / len(i.choices) for i in items])) if t.kind == "multiple_choice" else 0.0
+        out.append(TaskInfo(t.name, t.metric, chance, t.kind))
+    return out + _infer_tasks(d, {t.name for t in pack.spec.eval.tasks})
 
 
 def latest(df: pd.DataFrame) -> pd.DataFrame:
@@ -56,16 +95,22 @@ def latest(df: pd.DataFrame) -> pd.DataFrame:
     return filled.sort_values("start_time").groupby(keys, dropna=False).tail(1)
 
 
-def _agg(values: pd.Series) -> tuple[float, float, int]:
-    v = pd.to_numeric(values, errors="coerce").dropna()
+def agg(values) -> tuple[float, float, int]:
+    """(mean, sample std, n) of the finite values; std is 0 for one value, nan for none."""
+    v = pd.to_numeric(pd.Series(values, dtype="object"), errors="coerce").astype(float)
+    v = v[np.isfinite(v)]
     if v.empty:
         return (math.nan, math.nan, 0)
-    return (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, int(len(v)))
+    return (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v))
+
+
+def _col(runs: pd.DataFrame, name: str) -> pd.Series:
+    return runs[name] if name in runs else pd.Series([math.nan] * len(runs), index=runs.index)
 
 
 def leaderboard(df: pd.DataFrame, pack: str, tasks: list[TaskInfo]) -> pd.DataFrame:
     """One row per model of each setting: scores (mean, std, n) per task, gap metrics, cost."""
-    d = latest(df[df["pack"] == pack])
+    d = latest(df[(df["pack"] == pack) & df["role"].isin(EVAL_ROLES)])
     teachers = d[d["role"] == "teacher"]
     befores = d[d["role"] == "student_before"]
     afters = d[d["role"] == "student_after"]
@@ -75,41 +120,132 @@ def leaderboard(df: pd.DataFrame, pack: str, tasks: list[TaskInfo]) -> pd.DataFr
         t = teachers[teachers["teacher"] == t_ref]
         b = befores[befores["student"] == s_ref]
         setting = {"pack": pack, "teacher": t_ref, "student": s_ref}
-        for label, runs, role in [("teacher", t, "teacher"), ("student before", b, "student_before")]:
-            if not runs.empty:
-                rows.append(_row(setting, label, role, runs, tasks))
+        teacher_mean = {x.name: agg(_col(t, f"m:{x.name}.{x.metric}"))[0] for x in tasks}
+        if not t.empty:
+            rows.append(_row(setting, "teacher", "teacher", t, tasks, teacher_mean))
+        if not b.empty:
+            rows.append(_row(setting, "student before", "student_before", b, tasks, teacher_mean))
         for algo, runs in after_group.groupby("algorithm"):
-            rows.append(_row(setting, algo, "student_after", runs, tasks))
+            rows.append(_row(setting, str(algo), "student_after", runs, tasks, teacher_mean))
     if not rows and not teachers.empty:  # baselines only (no algorithm finished yet)
         for _, runs in teachers.groupby("teacher"):
             rows.append(_row({"pack": pack, "teacher": runs["teacher"].iloc[0], "student": ""}, "teacher",
-                             "teacher", runs, tasks))
+                             "teacher", runs, tasks, {}))
     out = pd.DataFrame(rows)
     if not out.empty:
         out = out.sort_values(["teacher", "student", "order"], kind="stable").drop(columns="order")
     return out.reset_index(drop=True)
 
 
-def _row(setting: dict, label: str, role: str, runs: pd.DataFrame, tasks: list[TaskInfo]) -> dict:
+def _gaps(role: str, task: TaskInfo, runs: pd.DataFrame, teacher_mean: float) -> dict[str, pd.Series]:
+    """Per-run gap, gap closed and retention. Student-after runs carry them as logged (against
+    the baselines of their flow); the student before is measured against the teacher's mean."""
+    base = f"m:{task.name}.{task.metric}"
+    scores = _col(runs, base).astype(float)
+    if role == "student_after":
+        return {g: _col(runs, f"{base}.{g}") for g in ("gap", "gap_closed", "retention")}
+    if role == "teacher":
+        return {"gap": scores * 0.0, "gap_closed": scores * math.nan, "retention": scores / scores}
+    per_run = [gap_metrics(teacher_mean, s, s) if np.isfinite(s) and np.isfinite(teacher_mean) else {}
+               for s in scores]
+    return {g: pd.Series([p.get(g, math.nan) for p in per_run], index=runs.index)
+            for g in ("gap", "gap_closed", "retention")}
+
+
+def _row(setting: dict, label: str, role: str, runs: pd.DataFrame, tasks: list[TaskInfo],
+         teacher_mean: dict[str, float]) -> dict:
+    seeds = sorted(runs["seed"].dropna().astype(str)) if "seed" in runs else []
     row = {**setting, "row": label, "role": role, "order": ROLE_ORDER[role], "seeds": len(runs),
-           "run_ids": list(runs["run_id"])}
-    for i, t in enumerate(tasks):
-        col = f"m:{t.name}.{t.metric}"
-        mean, std, n = _agg(runs[col]) if col in runs else (math.nan, math.nan, 0)
-        row[f"{t.name}.mean"], row[f"{t.name}.std"], row[f"{t.name}.n"] = mean, std, n
-        row[f"{t.name}.chance_norm"] = chance_normalized(mean, t.chance) if not math.isnan(mean) else math.nan
-        for g in ("gap", "gap_closed", "retention"):
-            gcol = f"m:{t.name}.{t.metric}.{g}"
-            if role == "teacher":
-                val = {"gap": 0.0, "gap_closed": math.nan, "retention": 1.0}[g]
-            elif gcol in runs:
-                val = _agg(runs[gcol])[0]
-            else:
-                val = math.nan
-            row[f"{t.name}.{g}"] = val
-    for c in ("cost.train_tokens", "cost.train_seconds", "cost.peak_mem_mb", "cost.tokens_per_s"):
-        row[c] = _agg(runs[f"m:{c}"])[0] if f"m:{c}" in runs else math.nan
+           "seed_list": ",".join(s for s in seeds if s), "run_ids": list(runs["run_id"])}
+    for t in tasks:
+        scores = _col(runs, f"m:{t.name}.{t.metric}")
+        row[f"{t.name}.mean"], row[f"{t.name}.std"], row[f"{t.name}.n"] = agg(scores)
+        row[f"{t.name}.items"] = agg(_col(runs, f"m:{t.name}.n"))[0]
+        per_run = _gaps(role, t, runs, teacher_mean.get(t.name, math.nan))
+        per_run["chance_norm"] = pd.to_numeric(scores, errors="coerce").map(
+            lambda s, c=t.chance: chance_normalized(s, c) if np.isfinite(s) else math.nan)
+        for g in GAPS:
+            row[f"{t.name}.{g}"], row[f"{t.name}.{g}_std"], _ = agg(per_run[g])
+    for c in COSTS:
+        row[c] = agg(_col(runs, f"m:{c}"))[0]
+    if role != "student_after":  # a baseline's only cost is its evaluation
+        row["cost.eval_seconds"] = agg(_col(runs, "m:eval.seconds"))[0]
     return row
+
+
+def teacher_ahead(board: pd.DataFrame, task: TaskInfo) -> bool:
+    """Whether the teacher beats the student before on the task: gap closed means nothing otherwise."""
+    t = board.loc[board["role"] == "teacher", f"{task.name}.mean"]
+    b = board.loc[board["role"] == "student_before", f"{task.name}.mean"]
+    return not t.empty and not b.empty and bool(t.iloc[0] > b.iloc[0])
+
+
+def headline(tasks: list[TaskInfo]) -> TaskInfo | None:
+    """The task whose headline metric summarises a pack: its first."""
+    return tasks[0] if tasks else None
+
+
+def _setting_label(pack: str, student: str, many: bool) -> str:
+    return f"{pack} ({short_ref(student)})" if many else pack
+
+
+def short_ref(ref: str) -> str:
+    """A readable model reference: hub ids as they are, local paths by their last two parts."""
+    if not ref:
+        return ""
+    p = Path(ref)
+    return "/".join(p.parts[-2:]) if p.is_absolute() else ref
+
+
+def summary(boards: dict[str, pd.DataFrame], tasks: dict[str, list[TaskInfo]]) -> pd.DataFrame:
+    """Rows: teacher, student before, each algorithm; columns: the headline score (mean over
+    seeds) of each pack's first task, one column per (pack, student) setting."""
+    cols: dict[str, dict[str, float]] = {}
+    for pack, board in boards.items():
+        h = headline(tasks[pack])
+        if board.empty or h is None:
+            continue
+        students = board["student"].unique()
+        for student, setting in board.groupby("student", sort=False):
+            col = f"{_setting_label(pack, student, len(students) > 1)}: {h.name} {h.metric}"
+            cols[col] = {r["row"]: r[f"{h.name}.mean"] for _, r in setting.iterrows()}
+    rows = ["teacher", "student before"]
+    rows += sorted({k for c in cols.values() for k in c} - set(rows))
+    return pd.DataFrame({c: [v.get(r, math.nan) for r in rows] for c, v in cols.items()}, index=rows)
+
+
+def win_columns(boards: dict[str, pd.DataFrame], tasks: dict[str, list[TaskInfo]]) -> dict[str, dict[str, float]]:
+    """{column: {algorithm: mean score}} over every (pack, student, task), headline metric of each task."""
+    out: dict[str, dict[str, float]] = {}
+    for pack, board in boards.items():
+        if board.empty:
+            continue
+        afters = board[board["role"] == "student_after"]
+        students = board["student"].unique()
+        for student, setting in afters.groupby("student", sort=False):
+            for t in tasks[pack]:
+                vals = {r["row"]: r[f"{t.name}.mean"] for _, r in setting.iterrows()
+                        if np.isfinite(r[f"{t.name}.mean"])}
+                if vals:
+                    out[f"{_setting_label(pack, student, len(students) > 1)}: {t.name} {t.metric}"] = vals
+    return out
+
+
+def win_rates(columns: dict[str, dict[str, float]], tol: float = 1e-9) -> pd.DataFrame:
+    """HELM-style mean win rate per algorithm, best first. In each column with at least two
+    algorithms, an algorithm's win rate is (wins + ties/2) / (others); columns: how many it
+    was compared in."""
+    rates: dict[str, list[float]] = {}
+    for vals in columns.values():
+        if len(vals) < 2:
+            continue
+        for a, va in vals.items():
+            others = [vb for b, vb in vals.items() if b != a]
+            wins = sum(1.0 if va > vb + tol else 0.5 if abs(va - vb) <= tol else 0.0 for vb in others)
+            rates.setdefault(a, []).append(wins / len(others))
+    out = pd.DataFrame([{"algorithm": a, "win_rate": float(np.mean(r)), "columns": len(r)} for a, r in rates.items()],
+                       columns=["algorithm", "win_rate", "columns"])
+    return out.sort_values(["win_rate", "algorithm"], ascending=[False, True], kind="stable").reset_index(drop=True)
 
 
 def write_csv(board: pd.DataFrame, path: Path) -> Path:

@@ -1,0 +1,17 @@
+"""Run by benchmarks/elicit_throughput.py with the vLLM environment's Python: the raw
+engine on pre-tokenized prompts (token ids in, token ids out), timed without start-up."""
+
+import json
+import sys
+import time
+
+from vllm import LLM, SamplingParams
+
+spec = json.load(open(sys.argv[1]))
+llm = LLM(model=spec["model"], dtype="float32", enforce_eager=True, seed=0, max_model_len=spec["max_model_len"])
+params = SamplingParams(max_tokens=spec["max_tokens"], temperature=0.0, detokenize=False)
+llm.generate([{"prompt_token_ids": p} for p in spec["prompts"][:4]], params, use_tqdm=False)  # warm-up
+t0 = time.perf_counter()
+out = llm.generate([{"prompt_token_ids": p} for p in spec["prompts"]], params, use_tqdm=False)
+seconds = time.perf_counter() - t0
+print(json.dumps({"seconds": seconds, "tokens": sum(len(o.outputs[0].token_ids) for o in out)}))

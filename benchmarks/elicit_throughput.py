@@ -1,0 +1,235 @@
+"""Teacher generation throughput per backend, kdbench against the raw engine.
+
+Same model, same prompts (law seed prompts under the labeling system prompt),
+greedy, the same number of new tokens; engine start-up excluded on both sides.
+For each backend the raw engine is driven the cheapest way (token ids straight
+into `model.generate` / `LLM.generate`, or bare concurrent HTTP requests), and
+kdbench through its backend (chat rendering, tokenization, batching, decoding,
+retries). Two models: the tiny default law teacher and a ~30M-parameter
+Llama (random weights, the law tokenizer).
+
+    python benchmarks/elicit_throughput.py [--prompts 64] [--new-tokens 64] [--backends hf,vllm,openai]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+HERE = Path(__file__).resolve().parent
+
+
+def models(home: str) -> dict[str, str]:
+    """The tiny law teacher, and a ~30M Llama sharing its tokenizer (built once)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from kdbench.config import load_config
+    from kdbench.models.tiny import build_tiny_models
+    from kdbench.packs import load_pack
+
+    cfg = load_config(overrides={"pack": "law", "home": home})
+    tiny = build_tiny_models(load_pack("law"), cfg.tiny, cfg.home_path)
+    big = cfg.home_path / "bench-models" / "llama-30m"
+    if not (big / "config.json").exists():
+        import torch
+
+        tok = AutoTokenizer.from_pretrained(tiny.teacher)
+        conf = LlamaConfig(vocab_size=len(tok), hidden_size=512, intermediate_size=1408, num_hidden_layers=10,
+                           num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=512,
+                           tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(conf)
+        model.save_pretrained(big)
+        tok.save_pretrained(big)
+    return {"tiny": tiny.teacher, "30m": str(big)}
+
+
+def requests(n: int):
+    from kdbench.data import messages_for
+    from kdbench.elicit.teacher import teacher_system
+    from kdbench.packs import load_pack
+
+    pack = load_pack("law")
+    system = teacher_system(pack, "labeling")
+    return [messages_for(s.prompt, system) for s in pack.seeds[:n]]
+
+
+def n_params(path: str) -> int:
+    from transformers import AutoModelForCausalLM
+
+    return sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(path).parameters())
+
+
+# ---- hf ------------------------------------------------------------------------------
+
+
+def hf_pair(path: str, reqs, new_tokens: int, batch: int) -> tuple[tuple[float, int], tuple[float, int]]:
+    import torch
+
+    from kdbench.data import render_messages
+    from kdbench.elicit.backends import HFBackend, Sampling
+
+    backend = HFBackend(path, batch_size=batch)
+    tok, model = backend.tokenizer, backend.model
+    ids = [tok(render_messages(tok, m), add_special_tokens=False)["input_ids"] for m in reqs]
+    backend.generate(reqs[:4], Sampling(max_new_tokens=4))  # warm-up
+
+    def raw() -> tuple[float, int]:
+        t0, n = time.perf_counter(), 0
+        with torch.inference_mode():
+            for s in range(0, len(ids), batch):
+                part = ids[s : s + batch]
+                width = max(map(len, part))
+                x = torch.full((len(part), width), tok.pad_token_id)
+                att = torch.zeros_like(x)
+                for i, p in enumerate(part):
+                    x[i, width - len(p):], att[i, width - len(p):] = torch.tensor(p), 1
+                out = model.generate(input_ids=x, attention_mask=att, max_new_tokens=new_tokens, do_sample=False,
+                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)[:, width:]
+                n += int(((out != tok.pad_token_id) & (out != tok.eos_token_id)).sum())
+        return time.perf_counter() - t0, n
+
+    def kd() -> tuple[float, int]:
+        backend.generated_tokens = 0
+        t0 = time.perf_counter()
+        backend.generate(reqs, Sampling(max_new_tokens=new_tokens))
+        return time.perf_counter() - t0, backend.generated_tokens
+
+    r1, k1, r2, k2 = raw(), kd(), raw(), kd()  # alternate: both see the same load
+    return min(r1, r2), min(k1, k2)
+
+
+# ---- vllm ----------------------------------------------------------------------------
+
+
+def vllm_pair(path: str, reqs, new_tokens: int, home: Path):
+    from kdbench.data import render_messages
+    from kdbench.elicit.backends import Sampling
+    from kdbench.elicit.vllm_backend import VLLMBackend, vllm_python, worker_env
+    from kdbench.models.loading import load_tokenizer
+
+    tok = load_tokenizer(path)
+    ids = [tok(render_messages(tok, m), add_special_tokens=False)["input_ids"] for m in reqs]
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump({"model": path, "prompts": ids, "max_tokens": new_tokens, "max_model_len": 512}, f)
+    out = subprocess.run([vllm_python(), str(HERE / "_vllm_raw.py"), f.name], capture_output=True, text=True,
+                         env=worker_env(home, False), check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    backend = VLLMBackend(path, max_model_len=512, home=home)
+    try:
+        backend.generate(reqs[:4], Sampling(max_new_tokens=new_tokens))  # warm-up, as the raw side
+        backend.generated_tokens = 0
+        t0 = time.perf_counter()
+        backend.generate(reqs, Sampling(max_new_tokens=new_tokens))
+        k = (time.perf_counter() - t0, backend.generated_tokens)
+    finally:
+        backend.close()
+    return (r["seconds"], r["tokens"]), k
+
+
+# ---- openai (vLLM's API server) ------------------------------------------------------
+
+
+def _serve(path: str, home: Path):
+    from kdbench.elicit.vllm_backend import vllm_python, worker_env
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(home / "vllm-server.log", "w")
+    proc = subprocess.Popen([vllm_python(), "-m", "vllm.entrypoints.openai.api_server", "--model", path,
+                             "--served-model-name", "teacher", "--host", "127.0.0.1", "--port", str(port),
+                             "--dtype", "float32", "--max-model-len", "512", "--enforce-eager"],
+                            stdout=log, stderr=subprocess.STDOUT, env=worker_env(home, False))
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return proc, f"http://127.0.0.1:{port}/v1"
+        except OSError:
+            if proc.poll() is not None:
+                raise SystemExit(f"vLLM server exited: {(home / 'vllm-server.log').read_text()[-2000:]}")
+            time.sleep(1)
+    raise SystemExit("vLLM server did not come up")
+
+
+def openai_pair(path: str, reqs, new_tokens: int, home: Path, concurrency: int):
+    import httpx
+
+    from kdbench.elicit.backends import Sampling
+    from kdbench.elicit.openai_backend import OpenAIBackend
+
+    proc, url = _serve(path, home)
+    try:
+        async def raw_all():
+            sem = asyncio.Semaphore(concurrency)
+            async with httpx.AsyncClient(timeout=120) as client:
+                async def one(m):
+                    async with sem:
+                        r = await client.post(f"{url}/chat/completions", json={
+                            "model": "teacher", "messages": m, "max_tokens": new_tokens, "temperature": 0.0})
+                        return r.json()["usage"]["completion_tokens"]
+                return sum(await asyncio.gather(*(one(m) for m in reqs)))
+
+        backend = OpenAIBackend("teacher", base_url=url, concurrency=concurrency)
+        backend.generate(reqs[:4], Sampling(max_new_tokens=new_tokens))  # warm-up
+
+        def raw():
+            t0 = time.perf_counter()
+            n = asyncio.run(raw_all())
+            return time.perf_counter() - t0, n
+
+        def kd():
+            backend.generated_tokens = 0
+            t0 = time.perf_counter()
+            backend.generate(reqs, Sampling(max_new_tokens=new_tokens))
+            return time.perf_counter() - t0, backend.generated_tokens
+
+        r1, k1, r2, k2 = raw(), kd(), raw(), kd()
+        return min(r1, r2), min(k1, k2)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--backends", default="hf,vllm,openai")
+    ap.add_argument("--models", default="tiny,30m")
+    ap.add_argument("--home", default=".kdbench")
+    a = ap.parse_args()
+    paths = models(a.home)
+    reqs = requests(a.prompts)
+    home = Path(a.home).resolve()
+    print(f"{len(reqs)} law prompts, greedy, up to {a.new_tokens} new tokens, float32, CPU")
+    print("| model | params | backend | raw engine tok/s | kdbench tok/s | kdbench overhead |")
+    print("|---|---|---|---|---|---|")
+    for name in a.models.split(","):
+        path = paths[name]
+        for b in a.backends.split(","):
+            if b == "hf":
+                raw, kd = hf_pair(path, reqs, a.new_tokens, a.batch)
+            elif b == "vllm":
+                raw, kd = vllm_pair(path, reqs, a.new_tokens, home)
+            else:
+                raw, kd = openai_pair(path, reqs, a.new_tokens, home, a.concurrency)
+            rt, kt = raw[1] / raw[0], kd[1] / kd[0]
+            print(f"| {name} | {n_params(path) / 1e6:.1f}M | {b} | {rt:,.0f} | {kt:,.0f} | {100 * (1 - kt / rt):+.1f}% |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,372 @@
+"""The report as plain data: tables of text cells, figures, sample generations, provenance.
+
+``header``, ``summary_table`` and ``build_pack`` decide *what* a report says;
+markdown.py and the HTML template only decide how it looks. Every text here is raw (model output included): each
+renderer escapes it for its own format, so model text never becomes markup.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from urllib.parse import urlparse
+
+import pandas as pd
+
+from kdbench import tracking
+from kdbench.errors import KdbenchError
+from kdbench.report.leaderboard import TaskInfo, latest, short_ref, teacher_ahead
+
+DEFAULT_UI = "http://127.0.0.1:5000"  # what `mlflow ui` serves
+MAX_CHARS = 600  # longer generations are cut in the report (the artifact keeps all)
+
+
+@dataclass
+class Cell:
+    text: str
+    best: bool = False  # the best distilled student in its column
+    href: str | None = None
+    code: bool = False  # an identifier (run id, hash, model path)
+
+
+@dataclass
+class Table:
+    head: list[str]
+    rows: list[list[Cell]] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)  # per row: teacher | before | student | other
+    left: int = 1  # how many leading columns are text (left-aligned); the rest are numbers
+    groups: list[tuple[str, int]] = field(default_factory=list)  # a header row above head: (label, span)
+
+    def full_head(self) -> list[str]:
+        """Each column's header with its group's label in front (for one-row headers)."""
+        labels = [g for g, span in self.groups for _ in range(span)]
+        return [f"{g} {h}".strip() for g, h in zip(labels, self.head)] if labels else list(self.head)
+
+
+@dataclass
+class Figure:
+    file: str  # PNG file name, next to the report
+    caption: str
+
+
+@dataclass
+class Sample:
+    task: str
+    item: str  # the eval item's id (or doc_id)
+    question: str
+    target: str
+    rows: list[list[str]]  # [model, prediction, score]
+
+
+@dataclass
+class Setting:
+    teacher: str
+    student: str
+    scores: Table
+    gaps: Table
+    costs: Table
+    provenance: list[tuple[str, Cell]]
+    runs: Table
+    samples: list[Sample]
+    notes: list[str] = field(default_factory=list)  # caveats on the gap table
+
+
+@dataclass
+class PackSection:
+    name: str
+    tasks: list[TaskInfo]
+    settings: list[Setting]
+    figure: Figure | None = None
+    csv: str = ""
+    note: str = ""
+
+
+@dataclass
+class Report:
+    title: str
+    generated: str
+    source: str
+    code_version: str
+    ui_url: str
+    ui_command: str  # how to start the UI for a local store ('' for a server)
+    filters: str
+    summary: Table | None = None
+    win_note: str = ""
+    gap_figure: Figure | None = None
+    packs: list[PackSection] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- numbers as text
+
+def _nan(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def score(mean: float, std: float, n: int) -> str:
+    """A score in percent: '55.0 ± 7.1 (n=2)', '80.0 (n=1)', or '–'."""
+    if n == 0 or _nan(mean):
+        return "–"
+    return f"{100 * mean:.1f} ± {100 * std:.1f} (n={n})" if n > 1 else f"{100 * mean:.1f} (n=1)"
+
+
+def pct(mean: float, std: float = math.nan, n: int = 1) -> str:
+    """A ratio in percent with its spread over seeds when there are several."""
+    if _nan(mean):
+        return "–"
+    return f"{100 * mean:.1f} ± {100 * std:.1f}" if n > 1 and not _nan(std) else f"{100 * mean:.1f}"
+
+
+def amount(x: float, unit: str = "") -> str:
+    """A cost: seconds under 100 with one decimal, everything else as a whole number."""
+    if _nan(x):
+        return "–"
+    return f"{x:,.1f}" if 0 < abs(x) < 100 and unit == "s" else f"{x:,.0f}"
+
+
+def run_link(ui: str, experiment_id: str, run_id: str) -> str:
+    return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def ui_base(uri: str, ui_url: str | None) -> str:
+    """The MLflow UI for links: the tracking server itself, else the given (or default) UI URL."""
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/")
+    if ui_url and not ui_url.startswith(("http://", "https://")):
+        raise KdbenchError(f"--mlflow-ui-url {ui_url!r}: expected an http(s) URL such as {DEFAULT_UI}")
+    return (ui_url or DEFAULT_UI).rstrip("/")
+
+
+def model_label(row) -> str:
+    return {"teacher": "teacher", "student_before": "student (before)"}.get(row["role"], str(row["row"]))
+
+
+# ---------------------------------------------------------------- tables of one setting
+
+def _best(board: pd.DataFrame, col: str, higher: bool) -> set:
+    """Index of the distilled students holding the best value of a column (all of them on a tie),
+    or none when fewer than two compete or they all tie."""
+    s = pd.to_numeric(board.loc[board["role"] == "student_after", col], errors="coerce").dropna()
+    if len(s) < 2 or math.isclose(s.max(), s.min(), rel_tol=1e-12, abs_tol=1e-12):
+        return set()
+    target = s.max() if higher else s.min()
+    return set(s.index[(s - target).abs() <= 1e-12])
+
+
+def _kind(role: str) -> str:
+    return {"teacher": "teacher", "student_before": "before", "student_after": "student"}.get(role, "other")
+
+
+def _table(board: pd.DataFrame, head: list[str], columns: list[tuple[str, bool, object]]) -> Table:
+    """columns: (board column for 'best', higher is better, row -> text)."""
+    best = {col: _best(board, col, higher) for col, higher, _ in columns if col}
+    t = Table(["model", *head])
+    for idx, r in board.iterrows():
+        cells = [Cell(model_label(r))]
+        for col, _, fmt in columns:
+            text = fmt(r)
+            cells.append(Cell(text, best=bool(col) and idx in best[col] and text != "–"))
+        t.rows.append(cells)
+        t.kinds.append(_kind(r["role"]))
+    return t
+
+
+def scores_table(board: pd.DataFrame, tasks: list[TaskInfo]) -> Table:
+    head = [f"{t.name} {t.metric} (%)" for t in tasks]
+    cols = [(f"{t.name}.mean", True, lambda r, t=t: score(r[f"{t.name}.mean"], r[f"{t.name}.std"], r[f"{t.name}.n"]))
+            for t in tasks]
+    return _table(board, head, cols)
+
+
+def gaps_table(board: pd.DataFrame, tasks: list[TaskInfo]) -> tuple[Table, list[str]]:
+    """The gap table, and a note for each task where the teacher does not beat the student
+    before (there gap closed is no measure of progress, and no best value is marked)."""
+    head, cols, notes = [], [], []
+    for t in tasks:
+        ahead = teacher_ahead(board, t)
+        if not ahead:
+            notes.append(f"On {t.name} the teacher does not score above the student before, so gap closed "
+                         "(and its sign) says nothing about progress there.")
+        for g, label, higher in [("gap", "gap (pts)", False), ("gap_closed", "gap closed (%)", True),
+                                 ("retention", "retention (%)", True), ("chance_norm", "chance-norm. (%)", True)]:
+            head.append(label)
+            cols.append((f"{t.name}.{g}" if ahead or g != "gap_closed" else "", higher,
+                         lambda r, k=f"{t.name}.{g}": pct(r[k], r[f"{k}_std"], r["seeds"])))
+    table = _table(board, head, cols)
+    table.groups = [("", 1)] + [(f"{t.name} {t.metric}", 4) for t in tasks]
+    return table, notes
+
+
+COST_COLUMNS = [  # (metric, header, lower is better, unit)
+    ("cost.teacher_tokens", "teacher tokens", True, ""), ("cost.train_tokens", "train tokens", True, ""),
+    ("cost.train_seconds", "train wall (s)", True, "s"), ("cost.cpu_seconds", "CPU (s)", True, "s"),
+    ("cost.gpu_seconds", "GPU (s)", True, "s"), ("cost.peak_mem_mb", "peak mem (MB)", True, ""),
+    ("cost.tokens_per_s", "train tokens/s", False, ""), ("cost.eval_seconds", "eval (s)", True, "s")]
+
+
+def costs_table(board: pd.DataFrame) -> Table:
+    cols = [(c, not lower, lambda r, c=c, u=u: amount(r[c], u)) for c, _, lower, u in COST_COLUMNS]
+    return _table(board, [h for _, h, _, _ in COST_COLUMNS], cols)
+
+
+# ---------------------------------------------------------------- provenance and samples
+
+def _text(x) -> str:
+    return "–" if x is None or _nan(x) or x == "" else str(x)
+
+
+def _values(runs: pd.DataFrame, col: str) -> str:
+    vals = sorted({str(v) for v in runs[col].dropna() if str(v)}) if col in runs else []
+    return ", ".join(vals) or "–"
+
+
+def provenance(runs: pd.DataFrame, teacher: str, student: str, ui: str) -> list[tuple[str, Cell]]:
+    exp = runs["experiment_id"].iloc[0]
+    return [("teacher", Cell(teacher, code=True)), ("student", Cell(student, code=True)),
+            ("pack version", Cell(_values(runs, "pack_version"))),
+            ("pack data hash", Cell(_values(runs, "pack_data_hash"), code=True)),
+            ("training data hash", Cell(_values(runs, "data_hash"), code=True)),
+            ("code version", Cell(_values(runs, "code_version"), code=True)),
+            ("MLflow experiment", Cell(f"experiment {exp}", href=f"{ui}/#/experiments/{exp}"))]
+
+
+def runs_table(runs: pd.DataFrame, ui: str) -> Table:
+    t = Table(["model", "seed", "MLflow run", "started (UTC)", "code version"], left=5)
+    order = {"teacher": 0, "student_before": 1, "elicitation": 2, "student_after": 3}
+    runs = runs.assign(_o=runs["role"].map(order), _a=runs.get("algorithm", ""), _s=runs.get("seed", ""))
+    for _, r in runs.sort_values(["_o", "_a", "_s"], kind="stable").iterrows():
+        label = "elicitation (teacher data)" if r["role"] == "elicitation" else model_label(
+            {"role": r["role"], "row": r.get("algorithm", "")})
+        t.rows.append([Cell(label), Cell(_text(r.get("seed"))),
+                       Cell(r["run_id"], href=run_link(ui, r["experiment_id"], r["run_id"]), code=True),
+                       Cell(f"{r['start_time']:%Y-%m-%d %H:%M}"), Cell(_text(r.get("code_version")), code=True)])
+        t.kinds.append(_kind(r["role"]) if r["role"] != "elicitation" else "other")
+    return t
+
+
+def _cut(text) -> str:
+    s = "" if text is None else str(text)
+    return s if len(s) <= MAX_CHARS else s[:MAX_CHARS] + " […]"
+
+
+def _sample_score(item: dict) -> str:
+    parts = []
+    if item.get("rougeL") is not None:
+        parts.append(f"rougeL {float(item['rougeL']):.2f}")
+    if "correct" in item:
+        parts.append("exact ✓" if item["correct"] else "exact ✗")
+    return ", ".join(parts)
+
+
+def samples_for(tasks: list[TaskInfo], sources: list[tuple[str, str]], samples: dict[str, dict],
+                per_task: int) -> list[Sample]:
+    """The first ``per_task`` items (by doc_id) of each generation task, one row per model.
+
+    sources: [(model label, run id)] in the order the rows appear."""
+    out = []
+    for t in [t for t in tasks if t.kind == "generation"]:
+        by_model = {label: {s["doc_id"]: s for s in samples.get(rid, {}).get(t.name, [])} for label, rid in sources}
+        doc_ids = sorted({d for items in by_model.values() for d in items})[:per_task]
+        for d in doc_ids:
+            first = next(items[d] for items in by_model.values() if d in items)
+            rows = []
+            for label, _ in sources:
+                item = by_model[label].get(d)
+                rows.append([label, _cut(item.get("prediction")) if item else "(no sample logged)",
+                             _sample_score(item) if item else ""])
+            out.append(Sample(t.name, str(first.get("id") or d), _cut(first.get("question")),
+                              _cut(first.get("target")), rows))
+    return out
+
+
+def sample_sources(runs: pd.DataFrame, board: pd.DataFrame) -> list[tuple[str, str]]:
+    """(label, run id): the teacher, the student before, and each algorithm's lowest seed."""
+    out = []
+    for _, r in board.iterrows():
+        ids = runs[runs["run_id"].isin(r["run_ids"])]
+        if ids.empty:
+            continue
+        if r["role"] == "student_after":
+            ids = ids.assign(_seed=pd.to_numeric(ids["seed"], errors="coerce")).sort_values("_seed")
+            out.append((f"{r['row']} (seed {ids['seed'].iloc[0]})", ids["run_id"].iloc[0]))
+        else:
+            out.append((model_label(r), ids.sort_values("start_time")["run_id"].iloc[-1]))
+    return out
+
+
+# ---------------------------------------------------------------- one pack, the whole report
+
+def setting_runs(df: pd.DataFrame, pack: str, setting: pd.DataFrame) -> pd.DataFrame:
+    """The runs behind a setting's rows, plus the elicitation runs its students name."""
+    ids = [rid for ids in setting["run_ids"] for rid in ids]
+    runs = df[df["run_id"].isin(ids)]
+    elicit = set(runs["elicitation_run"].dropna()) if "elicitation_run" in runs else set()
+    extra = df[(df["pack"] == pack) & (df["role"] == "elicitation") & df["run_id"].isin(elicit)]
+    return pd.concat([runs, latest(extra)]) if not extra.empty else runs
+
+
+def ui_command(uri: str, ui: str) -> str:
+    """How to serve the UI the links point at ('' when the tracking URI is a server)."""
+    if uri.startswith(("http://", "https://")):
+        return ""
+    return f"mlflow ui --backend-store-uri {uri} --port {urlparse(ui).port or 5000}"
+
+
+def header(cfg, name: str, ui: str, packs, algorithms, since) -> Report:
+    uri = tracking.tracking_uri(cfg)
+    filters = []
+    if packs:
+        filters.append(f"packs {', '.join(packs)}")
+    if algorithms:
+        filters.append(f"algorithms {', '.join(algorithms)}")
+    if since:
+        filters.append(f"runs started since {since}")
+    title = "kdbench leaderboard" + (f": {name}" if name != "leaderboard" else "")
+    return Report(title=title, generated=f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}", source=uri,
+                  code_version=tracking.code_version(), ui_url=ui, ui_command=ui_command(uri, ui),
+                  filters="; ".join(filters) or "all finished kdbench runs")
+
+
+def build_pack(df: pd.DataFrame, pack: str, tasks: list[TaskInfo], board: pd.DataFrame, ui: str,
+               load_samples, per_task: int) -> PackSection:
+    """A pack's section: per (teacher, student) setting its tables, provenance and samples.
+
+    load_samples: run ids -> {run_id: samples.json content}."""
+    section = PackSection(pack, tasks, [])
+    if any(t.inferred for t in tasks):
+        section.note = ("The pack is not present here: its tasks were inferred from the metric names "
+                        "(accuracy taken as multiple choice with chance 25%).")
+    for (teacher, student), setting in board.groupby(["teacher", "student"], sort=False):
+        setting = setting.copy()
+        runs = setting_runs(df, pack, setting)
+        sources = sample_sources(runs, setting)
+        samples = samples_for(tasks, sources, load_samples([rid for _, rid in sources]), per_task)
+        gaps, notes = gaps_table(setting, tasks)
+        section.settings.append(Setting(
+            teacher=short_ref(teacher), student=short_ref(student), scores=scores_table(setting, tasks),
+            gaps=gaps, costs=costs_table(setting), provenance=provenance(runs, teacher, student, ui),
+            runs=runs_table(runs, ui), samples=samples, notes=notes))
+    return section
+
+
+def summary_table(summ: pd.DataFrame, rates: pd.DataFrame, n_columns: int) -> Table:
+    """Pack × algorithm headline scores, with the mean win rate; best algorithm per column in bold."""
+    rate = dict(zip(rates["algorithm"], rates["win_rate"]))
+    algos = [a for a in rates["algorithm"] if a in summ.index]
+    algos += sorted(a for a in summ.index if a not in algos and a not in ("teacher", "student before"))
+    order = [r for r in ("teacher", "student before") if r in summ.index] + algos
+    t = Table(["model", *[f"{c} (%)" for c in summ.columns], f"mean win rate (%, {n_columns} columns)"])
+    best = {}
+    for c in summ.columns:
+        s = summ.loc[algos, c].dropna()
+        best[c] = set(s.index[s == s.max()]) if len(s) > 1 and s.max() != s.min() else set()
+    top = max(rate.values()) if len(rate) > 1 and len(set(rate.values())) > 1 else None
+    for r in order:
+        kind = {"teacher": "teacher", "student before": "before"}.get(r, "student")
+        label = {"student before": "student (before)"}.get(r, r)
+        cells = [Cell(label)] + [Cell(pct(summ.loc[r, c]), best=r in best[c] and not _nan(summ.loc[r, c]))
+                                 for c in summ.columns]
+        cells.append(Cell(pct(rate[r]), best=rate[r] == top) if r in rate else Cell("–"))
+        t.rows.append(cells)
+        t.kinds.append(kind)
+    return t
