@@ -105,8 +105,9 @@ def test_served_deployment_runs_and_lands_in_the_mlflow_server(servers, tmp_path
     serve = subprocess.Popen([str(BIN / "kdbench"), "schedule", "--only", "law", *tiny], env=env, cwd=REPO,
                              stdout=logs["serve"].open("w"), stderr=subprocess.STDOUT)
     procs.append(serve)
-    os.environ["PREFECT_API_URL"] = env["PREFECT_API_URL"]
-    try:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
         with get_client(sync_client=True) as client:
             deadline, deployment = time.time() + 180, None
             while deployment is None and time.time() < deadline:
@@ -126,8 +127,6 @@ def test_served_deployment_runs_and_lands_in_the_mlflow_server(servers, tmp_path
                     break
                 time.sleep(3)
             assert state is not None and state.is_completed(), (state, logs["serve"].read_text()[-4000:])
-    finally:
-        os.environ.pop("PREFECT_API_URL", None)
     c = MlflowClient(env["MLFLOW_TRACKING_URI"])
     exp = c.get_experiment_by_name("kdbench-law")
     runs = c.search_runs([exp.experiment_id])
