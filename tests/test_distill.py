@@ -124,3 +124,16 @@ def test_dpo_without_pairs_says_which_method(micro, data):
     info, home = data
     with pytest.raises(KdbenchError, match="needs pairs from the feedback elicitation"):
         distill("dpo", 0, micro.models.teacher, micro.models.student, info, micro.cfg, home)
+
+
+def test_lora_students_train_adapters_and_save_a_merged_model(micro, data):
+    from transformers import AutoModelForCausalLM
+
+    info, home = data
+    cfg = micro.cfg.model_copy(deep=True)
+    cfg.distill.train.lora, cfg.distill.train.lora_r = True, 4
+    res = distill("fkl", 3, micro.models.teacher, micro.models.student, info, cfg, home)
+    model = AutoModelForCausalLM.from_pretrained(res.model_dir)  # a plain model: adapters merged
+    before = AutoModelForCausalLM.from_pretrained(micro.models.student)
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), before.parameters()))

@@ -102,7 +102,7 @@ def jsd_terms(ls, lt, beta: float = 0.5):
 def tvd_terms(ls, lt):
     """Total variation distance: 0.5 * sum_v |p - q| (Wen et al., f-divergence KD)."""
     q = ls.exp()
-    diff = q - lt.exp()
+    diff = lt.exp_().neg_().add_(q)  # q - p, in the teacher rows' own storage (they are not needed after)
     d = 0.5 * diff.abs().sum(-1)
     return d, diff.sign_().mul_(q).mul_(0.5)
 
@@ -130,7 +130,8 @@ def srkl_terms(ls, lt, alpha: float = 0.1):
 def _teacher_rows(teacher, idx: torch.Tensor, temperature: float):
     if isinstance(teacher, TopK):
         return teacher.ids.index_select(0, idx), teacher.logprobs.index_select(0, idx).float()
-    return F.log_softmax(teacher.index_select(0, idx).float() / temperature, dim=-1).clamp_min(_FLOOR)
+    rows = teacher.index_select(0, idx).float()
+    return F.log_softmax(rows if temperature == 1.0 else rows.div_(temperature), dim=-1).clamp_min_(_FLOOR)
 
 
 def _bins(ls: torch.Tensor, ids: torch.Tensor, lt_k: torch.Tensor):
@@ -150,8 +151,10 @@ def _bins(ls: torch.Tensor, ids: torch.Tensor, lt_k: torch.Tensor):
 
 
 def _chunk(terms, s: torch.Tensor, t, temperature: float, want_grad: bool):
-    """(D [n], dD/ds [n, V] or None) for student logits s [n, V] (float32) and teacher rows t."""
-    ls = F.log_softmax(s if temperature == 1.0 else s / temperature, dim=-1)
+    """(D [n], dD/ds [n, V] or None) for student logits s [n, V] (a float32 copy this function owns;
+    it may be overwritten) and teacher rows t (also owned: terms may reuse their storage)."""
+    ls = F.log_softmax(s if temperature == 1.0 else s.div_(temperature), dim=-1)
+    del s  # one chunk-sized temporary fewer while the terms are computed
     if not isinstance(t, tuple):
         d, h = terms(ls, t)
         if not want_grad:
