@@ -73,7 +73,13 @@ def n_params(path: str) -> int:
 # ---- hf ------------------------------------------------------------------------------
 
 
-def hf_pair(path: str, reqs, new_tokens: int, batch: int) -> tuple[tuple[float, int], tuple[float, int]]:
+def alternate(raw, kd, reps: int) -> tuple[tuple[float, int], tuple[float, int]]:
+    """raw, kdbench, raw, kdbench, ...: both see the same machine load; the fastest of each."""
+    runs = [(raw(), kd()) for _ in range(reps)]
+    return min(r for r, _ in runs), min(k for _, k in runs)
+
+
+def hf_pair(path: str, reqs, new_tokens: int, batch: int, reps: int) -> tuple[tuple[float, int], tuple[float, int]]:
     import torch
 
     from kdbench.data import render_messages
@@ -105,14 +111,13 @@ def hf_pair(path: str, reqs, new_tokens: int, batch: int) -> tuple[tuple[float, 
         backend.generate(reqs, Sampling(max_new_tokens=new_tokens))
         return time.perf_counter() - t0, backend.generated_tokens
 
-    r1, k1, r2, k2 = raw(), kd(), raw(), kd()  # alternate: both see the same load
-    return min(r1, r2), min(k1, k2)
+    return alternate(raw, kd, reps)
 
 
 # ---- vllm ----------------------------------------------------------------------------
 
 
-def vllm_pair(path: str, reqs, new_tokens: int, home: Path):
+def vllm_pair(path: str, reqs, new_tokens: int, home: Path, reps: int):
     from kdbench.data import render_messages
     from kdbench.elicit.backends import Sampling
     from kdbench.elicit.vllm_backend import VLLMBackend, vllm_python, worker_env
@@ -121,17 +126,20 @@ def vllm_pair(path: str, reqs, new_tokens: int, home: Path):
     tok = load_tokenizer(path)
     ids = [tok(render_messages(tok, m), add_special_tokens=False)["input_ids"] for m in reqs]
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump({"model": path, "prompts": ids, "max_tokens": new_tokens, "max_model_len": 512}, f)
+        json.dump({"model": path, "prompts": ids, "max_tokens": new_tokens, "max_model_len": 512, "reps": reps}, f)
     out = subprocess.run([vllm_python(), str(HERE / "_vllm_raw.py"), f.name], capture_output=True, text=True,
                          env=worker_env(home, False), check=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     backend = VLLMBackend(path, max_model_len=512, home=home)
     try:
         backend.generate(reqs[:4], Sampling(max_new_tokens=new_tokens))  # warm-up, as the raw side
-        backend.generated_tokens = 0
-        t0 = time.perf_counter()
-        backend.generate(reqs, Sampling(max_new_tokens=new_tokens))
-        k = (time.perf_counter() - t0, backend.generated_tokens)
+        runs = []
+        for _ in range(reps):
+            backend.generated_tokens = 0
+            t0 = time.perf_counter()
+            backend.generate(reqs, Sampling(max_new_tokens=new_tokens))
+            runs.append((time.perf_counter() - t0, backend.generated_tokens))
+        k = min(runs)
     finally:
         backend.close()
     return (r["seconds"], r["tokens"]), k
@@ -162,7 +170,7 @@ def _serve(path: str, home: Path):
     raise SystemExit("vLLM server did not come up")
 
 
-def openai_pair(path: str, reqs, new_tokens: int, home: Path, concurrency: int):
+def openai_pair(path: str, reqs, new_tokens: int, home: Path, concurrency: int, reps: int):
     import httpx
 
     from kdbench.elicit.backends import Sampling
@@ -194,8 +202,7 @@ def openai_pair(path: str, reqs, new_tokens: int, home: Path, concurrency: int):
             backend.generate(reqs, Sampling(max_new_tokens=new_tokens))
             return time.perf_counter() - t0, backend.generated_tokens
 
-        r1, k1, r2, k2 = raw(), kd(), raw(), kd()
-        return min(r1, r2), min(k1, k2)
+        return alternate(raw, kd, reps)
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -210,6 +217,7 @@ def main() -> None:
     ap.add_argument("--backends", default="hf,vllm,openai")
     ap.add_argument("--models", default="tiny,30m")
     ap.add_argument("--home", default=".kdbench")
+    ap.add_argument("--reps", type=int, default=3, help="timed repetitions per side (the fastest counts)")
     a = ap.parse_args()
     paths = models(a.home)
     reqs = requests(a.prompts)
@@ -221,11 +229,11 @@ def main() -> None:
         path = paths[name]
         for b in a.backends.split(","):
             if b == "hf":
-                raw, kd = hf_pair(path, reqs, a.new_tokens, a.batch)
+                raw, kd = hf_pair(path, reqs, a.new_tokens, a.batch, a.reps)
             elif b == "vllm":
-                raw, kd = vllm_pair(path, reqs, a.new_tokens, home)
+                raw, kd = vllm_pair(path, reqs, a.new_tokens, home, a.reps)
             else:
-                raw, kd = openai_pair(path, reqs, a.new_tokens, home, a.concurrency)
+                raw, kd = openai_pair(path, reqs, a.new_tokens, home, a.concurrency, a.reps)
             rt, kt = raw[1] / raw[0], kd[1] / kd[0]
             print(f"| {name} | {n_params(path) / 1e6:.1f}M | {b} | {rt:,.0f} | {kt:,.0f} | {100 * (1 - kt / rt):+.1f}% |",
                   flush=True)

@@ -36,24 +36,79 @@ def gpu_slot(slots: int, poll: float = 0.5):
 
     Slots are lock files held with flock: the kernel releases them when a process
     dies, so a crashed or SIGKILLed run never leaves a slot taken (a lease kept
-    in a server would stay taken until it expired).
+    in a server would stay taken until it expired). Waiters queue first come,
+    first served: each holds a flock on a ticket named by its arrival time and
+    takes a slot only when fewer than ``slots`` live tickets are older, so a long
+    benchmark cannot starve a run started after it. A dead waiter's ticket is
+    unlocked, and whoever finds it removes it.
     """
+    import threading
     import time
 
     d = _slot_dir()
     d.mkdir(parents=True, exist_ok=True)
-    while True:
-        for i in range(max(1, slots)):
-            fd = os.open(d / f"slot-{i}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            try:
-                yield i
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
-            return
-        time.sleep(poll)
+    n = max(1, slots)
+    name = f"ticket-{time.time_ns():020d}-{os.getpid()}-{threading.get_ident()}"
+    tmp = d / f".{name}"
+    tfd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(tfd, fcntl.LOCK_EX)
+    os.rename(tmp, d / name)  # visible only once locked: a ticket found unlocked is a dead waiter's
+    told = False
+    try:
+        while True:
+            if _live_tickets_before(d, name) < n:
+                for i in range(n):
+                    fd = os.open(d / f"slot-{i}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        os.close(fd)
+                        continue
+                    _release_ticket(d / name, tfd)
+                    tfd = None
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)  # who holds it, for the waiting message
+                    try:
+                        yield i
+                    finally:
+                        fcntl.flock(fd, fcntl.LOCK_UN)
+                        os.close(fd)
+                    return
+            if not told:
+                told = True
+                holders = ", ".join(sorted({_holder(d / f"slot-{i}.lock") for i in range(n)} - {""}))
+                print(f"[kdbench] waiting for an accelerator slot: all {n} on this machine are held "
+                      f"({holders or 'another process'}); orchestration.gpu_slots sets how many", flush=True)
+            time.sleep(poll)
+    finally:
+        if tfd is not None:
+            _release_ticket(d / name, tfd)
+
+
+def _live_tickets_before(d: Path, name: str) -> int:
+    live = 0
+    for t in sorted(p for p in d.glob("ticket-*") if p.name < name):
+        try:
+            fd = os.open(t, os.O_RDWR)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            t.unlink(missing_ok=True)  # its waiter died without removing it
+        except BlockingIOError:
+            live += 1
+        finally:
+            os.close(fd)
+    return live
+
+
+def _release_ticket(path: Path, fd: int) -> None:
+    path.unlink(missing_ok=True)
+    os.close(fd)
+
+
+def _holder(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""

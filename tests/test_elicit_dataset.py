@@ -105,6 +105,9 @@ def test_every_method_produces_rows_with_stats(micro, tmp_path):
     assert all(p["chosen"] != p["rejected"] for p in pairs)
     assert st["self_knowledge"]["samples"] == 2 * len(micro.pack.seeds)
     assert len(by["self_knowledge"]) == st["self_knowledge"]["kept"]
+    # the student samples after its warm-up on the teacher's labels, and some samples pass the judge
+    assert "self_knowledge-warmup" in st["self_knowledge"]["sampler"]
+    assert st["self_knowledge"]["kept"] > 0, st["self_knowledge"]
 
 
 def test_feature_topk_cache_is_compact_and_aligned(micro, tmp_path):

@@ -36,6 +36,7 @@ class ElicitContext:
     sampling: Sampling
     seeds: list
     student: CachedModel | None = None  # the student before distillation (feedback, self-knowledge)
+    home: Path | None = None
 
 
 @dataclass
@@ -76,8 +77,9 @@ def elicit(pack, teacher_ref: str, cfg, home: Path, device: str = "cpu", student
     if any(m in NEEDS_STUDENT for m in methods) and student_ref is None:
         raise ConfigError(f"elicitation methods {[m for m in methods if m in NEEDS_STUDENT]} need a student model")
     sampling = Sampling(max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p)
+    unused = {"self_knowledge_warmup_epochs"} if "self_knowledge" not in methods else set()
     key = content_hash(identity(teacher_ref, cfg.models.revision), pack.data_hash, methods, e.model_dump(
-        exclude={"backend", "batch_size", "openai_concurrency", "methods"}),
+        exclude={"backend", "batch_size", "openai_concurrency", "methods", *unused}),
         identity(student_ref) if any(m in NEEDS_STUDENT for m in methods) else None)
     out = Path(home) / "elicit" / f"{pack.name}-{key}"
     with locked(out):
@@ -93,7 +95,8 @@ def _run_methods(pack, teacher_ref, student_ref, cfg, home, device, methods, sam
     student = (CachedModel(student_ref, cfg, Path(home), device=device, backend_name="hf")
                if any(m in NEEDS_STUDENT for m in methods) else None)
     seeds = pack.seeds[: e.limit] if e.limit else pack.seeds
-    ctx = ElicitContext(pack=pack, cfg=cfg, teacher=teacher, sampling=sampling, seeds=seeds, student=student)
+    ctx = ElicitContext(pack=pack, cfg=cfg, teacher=teacher, sampling=sampling, seeds=seeds, student=student,
+                        home=Path(home))
     rows: list[dict] = []
     for m in methods:
         got = METHODS[m](ctx)

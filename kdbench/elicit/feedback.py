@@ -7,7 +7,10 @@ kept as a correction ``sft`` and the divergences can use.
 
 self_knowledge: the student samples answers to the seeds; a filter keeps the
 good ones (a generator's checkable answer when the seed has one, else the
-teacher's judgement) and the student trains on its own kept outputs.
+teacher's judgement) and the student trains on its own kept outputs. As in
+ReST's grow step, the student first learns the teacher's labels for a few epochs
+(``elicit.self_knowledge_warmup_epochs``): an untrained student samples noise
+that no filter keeps. The warmed-up student is cached under <home>/students/.
 
 Judges: ``likelihood`` (white-box: the teacher's mean log-probability per token
 of each answer; needs a backend that can score) or ``prompt`` (any teacher,
@@ -17,6 +20,7 @@ black-box: it is asked which answer is better, or whether one is correct).
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 from kdbench.data import messages_for
 from kdbench.elicit.backends import Sampling
@@ -84,7 +88,7 @@ def feedback(ctx) -> list[dict]:
             rows.append({"id": f"feedback-correction-{s.id}", "method": "feedback", "topic": s.topic,
                          "prompt": s.prompt, "response": ta, "reference": s.reference, "check": s.check})
     ctx.teacher.stats.setdefault("feedback", {}).update({
-        "judge": kind, "pairs": sum(1 for r in rows if "chosen" in r), "identical_or_empty": same,
+        "judge": kind, "requests": len(seeds), "pairs": sum(1 for r in rows if "chosen" in r), "identical_or_empty": same,
         "student_preferred": sum(1 for tw in teacher_wins if not tw),
         "student_preferred_rate": sum(1 for tw in teacher_wins if not tw) / max(len(seeds), 1)})
     return rows
@@ -100,7 +104,8 @@ def self_knowledge(ctx) -> list[dict]:
             owners.append((s, k))
     sampling = Sampling(max_new_tokens=ctx.sampling.max_new_tokens, temperature=e.self_knowledge_temperature,
                         top_p=0.95, seed=7)
-    outs = ctx.student.generate("self_knowledge", reqs, sampling)
+    sampler = _warm_student(ctx)
+    outs = sampler.generate("self_knowledge", reqs, sampling)
     kind = judge_kind(ctx)
     keep = [False] * len(outs)
     by_ref = [i for i, (s, _) in enumerate(owners) if s.reference]
@@ -125,5 +130,34 @@ def self_knowledge(ctx) -> list[dict]:
             for i, (s, k) in enumerate(owners) if keep[i]]
     ctx.teacher.stats.setdefault("self_knowledge", {}).update({
         "judge": kind, "samples": len(outs), "kept": len(rows), "verified_by_reference": len(by_ref),
+        "warmup_epochs": e.self_knowledge_warmup_epochs, "sampler": sampler.ref,
         "filter_rate": 1 - len(rows) / max(len(outs), 1)})
     return rows
+
+
+def _warm_student(ctx):
+    """The student after ``self_knowledge_warmup_epochs`` of sft on the teacher's labels of the seeds."""
+    from kdbench.data import content_hash, read_done, tokenize_example, write_json
+    from kdbench.distill.sft import sft_step
+    from kdbench.distill.trainer import train
+    from kdbench.elicit.teacher import CachedModel
+    from kdbench.locks import locked
+    from kdbench.models.loading import load_model
+
+    epochs = ctx.cfg.elicit.self_knowledge_warmup_epochs
+    if epochs <= 0:
+        return ctx.student
+    prompts = [s.prompt for s in ctx.seeds]
+    pairs = [(p, a) for p, a in zip(prompts, label_prompts(ctx, prompts), strict=True) if a.strip()]
+    tc = ctx.cfg.distill.train.model_copy(update={"epochs": epochs, "max_steps": None, "lora": False})
+    key = content_hash(ctx.student.identity, ctx.teacher.identity, pairs, tc.model_dump())
+    out = Path(ctx.home) / "students" / f"{ctx.pack.name}-self_knowledge-warmup-{key}"
+    with locked(out):
+        if read_done(out / "DONE") is None:
+            model, tok = load_model(ctx.student.ref, dtype=ctx.cfg.models.dtype, device="cpu",
+                                    trust_remote_code=ctx.cfg.models.trust_remote_code)
+            examples = [tokenize_example(tok, p, a, max_length=tc.max_length) for p, a in pairs]
+            res = train(model, tok, examples, sft_step, cfg=tc, out_dir=out, seed=0, device=ctx.student.device,
+                        desc=f"{ctx.pack.name}: self_knowledge warm-up")
+            write_json(out / "DONE", {"model_dir": str(res.model_dir), "steps": res.steps, "epochs": epochs})
+    return CachedModel(str(out / "model"), ctx.cfg, ctx.home, device=ctx.student.device, backend_name="hf")
