@@ -116,6 +116,11 @@ def hf_pair(path: str, reqs, new_tokens: int, batch: int, reps: int) -> tuple[tu
 # ---- vllm ----------------------------------------------------------------------------
 
 
+def max_len(path: str) -> int:
+    """The engine's context: 512, or less when the model's positions end sooner (the tiny models: 256)."""
+    return min(512, json.loads((Path(path) / "config.json").read_text())["max_position_embeddings"])
+
+
 def vllm_pair(path: str, reqs, new_tokens: int, home: Path, reps: int):
     from kdbench.data import render_messages
     from kdbench.elicit.backends import Sampling
@@ -125,11 +130,11 @@ def vllm_pair(path: str, reqs, new_tokens: int, home: Path, reps: int):
     tok = load_tokenizer(path)
     ids = [tok(render_messages(tok, m), add_special_tokens=False)["input_ids"] for m in reqs]
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump({"model": path, "prompts": ids, "max_tokens": new_tokens, "max_model_len": 512, "reps": reps}, f)
+        json.dump({"model": path, "prompts": ids, "max_tokens": new_tokens, "max_model_len": max_len(path), "reps": reps}, f)
     out = subprocess.run([vllm_python(), str(HERE / "_vllm_raw.py"), f.name], capture_output=True, text=True,
                          env=worker_env(home, False), check=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    backend = VLLMBackend(path, max_model_len=512, home=home)
+    backend = VLLMBackend(path, max_model_len=max_len(path), home=home)
     try:
         backend.generate(reqs[:4], Sampling(max_new_tokens=new_tokens))  # warm-up, as the raw side
         runs = []
@@ -156,7 +161,7 @@ def _serve(path: str, home: Path):
     log = open(home / "vllm-server.log", "w")
     proc = subprocess.Popen([vllm_python(), "-m", "vllm.entrypoints.openai.api_server", "--model", path,
                              "--served-model-name", "teacher", "--host", "127.0.0.1", "--port", str(port),
-                             "--dtype", "float32", "--max-model-len", "512", "--enforce-eager"],
+                             "--dtype", "float32", "--max-model-len", str(max_len(path)), "--enforce-eager"],
                             stdout=log, stderr=subprocess.STDOUT, env=worker_env(home, False))
     for _ in range(300):
         try:
