@@ -97,6 +97,7 @@ def dataset_step(cfg: dict, elicited: dict, models: dict) -> dict:
             params[f"{method}.system_prompt"] = teacher_system(pack, method)
         metrics = {"dataset.rows": m["rows"], "dataset.rows_in": m["rows_in"],
                    "decontam.rate": m["decontam_rate"], "teacher.generated_tokens": st["teacher_generated_tokens"],
+                   "teacher.tokens": st.get("teacher_tokens", st["teacher_generated_tokens"]),
                    "teacher.seconds": st["teacher_seconds"]}
         metrics.update({f"dropped.{k}": v for k, v in m["dropped"].items()})
         metrics.update({f"filter_rate.{k}": v / max(m["rows_in"], 1) for k, v in m["dropped"].items()})
@@ -108,7 +109,8 @@ def dataset_step(cfg: dict, elicited: dict, models: dict) -> dict:
         _log_config(c, run_id, rc)
     # the data's cost, charged to every student trained on it
     return {"path": str(info.path), "manifest": m, "elicitation_run": run_id,
-            "teacher_generated_tokens": st["teacher_generated_tokens"], "teacher_seconds": st["teacher_seconds"]}
+            "teacher_generated_tokens": st["teacher_generated_tokens"], "teacher_seconds": st["teacher_seconds"],
+            "teacher_tokens": st.get("teacher_tokens", st["teacher_generated_tokens"])}
 
 
 def baseline_step(cfg: dict, role: str, models: dict, index: int, data: dict) -> dict:
@@ -163,7 +165,7 @@ def student_step(cfg: dict, algorithm: str, seed: int, models: dict, index: int,
                    "cost.train_tokens": res.train_tokens, "cost.train_seconds": res.seconds,
                    "cost.tokens_per_s": res.tokens_per_s, "cost.peak_mem_mb": res.peak_mem_mb,
                    "cost.eval_seconds": ev.seconds, "train.final_loss": res.final_loss,
-                   "cost.teacher_tokens": data.get("teacher_generated_tokens", 0),
+                   "cost.teacher_tokens": data.get("teacher_tokens", data.get("teacher_generated_tokens", 0)),
                    "cost.teacher_seconds": data.get("teacher_seconds", 0.0)}
         if not res.cached:  # resource use of this process while it trained (CPU seconds span all threads)
             metrics.update({"cost.cpu_seconds": cpu_s, "cost.wall_seconds": wall_s,

@@ -134,3 +134,15 @@ def test_feature_topk_cache_is_compact_and_aligned(micro, tmp_path):
     top = lp[pos].topk(64, -1)
     assert (torch.as_tensor(ex["teacher_topk_ids"][pos]) == top.indices).float().mean() > 0.95
     torch.testing.assert_close(torch.as_tensor(ex["teacher_topk_logprobs"][pos]), top.values, atol=2e-2, rtol=1e-2)
+
+
+def test_teacher_tokens_count_cached_generations_too(micro, tmp_path):
+    """The data's teacher cost does not drop to zero when the generation cache served it."""
+    first = elicit(micro.pack, micro.models.teacher, micro.cfg, tmp_path, methods=["labeling"])
+    assert first.stats["teacher_generated_tokens"] > 0
+    assert first.stats["teacher_tokens"] > 0
+    cfg = micro.cfg.model_copy(deep=True)
+    cfg.elicit.expansion_per_topic += 1  # another elicitation key; the same labeling requests
+    again = elicit(micro.pack, micro.models.teacher, cfg, tmp_path, methods=["labeling"])
+    assert not again.cached and again.stats["teacher_generated_tokens"] == 0
+    assert again.stats["teacher_tokens"] == first.stats["teacher_tokens"]

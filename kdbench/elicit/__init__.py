@@ -104,6 +104,9 @@ def _run_methods(pack, teacher_ref, student_ref, cfg, home, device, methods, sam
         teacher.stats.setdefault(m, {})["rows"] = len(got)
     stats = {"methods": teacher.stats, "rows": len(rows), "sampling": sampling.as_dict(),
              "backend": teacher.backend_name, "teacher_generated_tokens": teacher.generated_tokens,
+             # the data's cost: tokens of every teacher output behind it, whether generated in this run or
+             # served by the generation cache (an API teacher without a local tokenizer: those it generated)
+             "teacher_tokens": teacher.output_tokens or teacher.generated_tokens,
              "teacher_seconds": round(getattr(teacher._backend, "seconds", 0.0), 2)}
     write_jsonl(out / "rows.jsonl", rows)
     write_json(out / "stats.json", stats)

@@ -28,6 +28,8 @@ class CachedModel:
     backend_name: str = "auto"
     _backend: object = None
     stats: dict = field(default_factory=dict)  # method -> {requests, cached, generated_tokens}
+    output_tokens: int = 0  # tokens of every output returned, generated now or served by the cache
+    _tokenizer: object = None
 
     def __post_init__(self):
         self.backend_name = resolve_backend_name(self.backend_name)
@@ -65,7 +67,23 @@ class CachedModel:
             if not streaming:
                 self.cache.put_many([(keys[i], o) for i, o in zip(part, outs, strict=True)])
             st["generated"] += len(part)
-        return [self.cache.get(k) for k in keys]
+        outs = [self.cache.get(k) for k in keys]
+        self.output_tokens += self._count_tokens(outs)
+        return outs
+
+    def _count_tokens(self, texts: list[str]) -> int:
+        """Tokens of ``texts`` under this model's tokenizer (0 when it has none here, e.g. an API model)."""
+        if self._tokenizer is None:
+            from kdbench.models.loading import load_tokenizer
+
+            try:
+                self._tokenizer = load_tokenizer(self.ref, revision=self.cfg.models.revision,
+                                                 trust_remote_code=self.cfg.models.trust_remote_code)
+            except Exception:  # an API model name: no local tokenizer
+                self._tokenizer = False
+        if self._tokenizer is False:
+            return 0
+        return sum(len(self._tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts if t)
 
     def score(self, method: str, requests: list[Messages], responses: list[str]) -> list[tuple[float, int]]:
         """Cached (sum log-prob, tokens) of each response under this model: a likelihood judge."""
