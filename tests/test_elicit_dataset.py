@@ -91,6 +91,7 @@ def test_every_method_produces_rows_with_stats(micro, tmp_path):
     cfg = micro.cfg.model_copy(deep=True)
     cfg.elicit.expansion_per_topic = 3
     cfg.elicit.curation_per_topic = 2
+    cfg.elicit.self_knowledge_warmup_epochs = 8  # the micro student cannot answer before it
     res = elicit(micro.pack, micro.models.teacher, cfg, tmp_path, student_ref=micro.models.student, methods=methods)
     rows = [json.loads(line) for line in res.path.read_text().splitlines()]
     by = {m: [r for r in rows if r["method"] == m] for m in methods}

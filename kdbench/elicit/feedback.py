@@ -7,10 +7,11 @@ kept as a correction ``sft`` and the divergences can use.
 
 self_knowledge: the student samples answers to the seeds; a filter keeps the
 good ones (a generator's checkable answer when the seed has one, else the
-teacher's judgement) and the student trains on its own kept outputs. As in
-ReST's grow step, the student first learns the teacher's labels for a few epochs
-(``elicit.self_knowledge_warmup_epochs``): an untrained student samples noise
-that no filter keeps. The warmed-up student is cached under <home>/students/.
+teacher's judgement) and the student trains on its own kept outputs. A student
+that cannot answer yet can first learn the teacher's labels for a few epochs
+(``elicit.self_knowledge_warmup_epochs``, as in ReST's grow step; off by default):
+an untrained student samples noise that no filter keeps. The warmed-up student
+is cached under <home>/students/.
 
 Judges: ``likelihood`` (white-box: the teacher's mean log-probability per token
 of each answer; needs a backend that can score) or ``prompt`` (any teacher,
