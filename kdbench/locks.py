@@ -74,11 +74,11 @@ def gpu_slot(slots: int, poll: float = 0.5):
                         fcntl.flock(fd, fcntl.LOCK_UN)
                         os.close(fd)
                     return
-            if not told:
+            holders = ", ".join(sorted({_holder(d / f"slot-{i}.lock") for i in range(n)} - {"", f"pid {os.getpid()}"}))
+            if not told and holders:  # this run's own tasks queueing for the slot is the plan, not news
                 told = True
-                holders = ", ".join(sorted({_holder(d / f"slot-{i}.lock") for i in range(n)} - {""}))
                 print(f"[kdbench] waiting for an accelerator slot: all {n} on this machine are held "
-                      f"({holders or 'another process'}); orchestration.gpu_slots sets how many", flush=True)
+                      f"({holders}); orchestration.gpu_slots sets how many", flush=True)
             time.sleep(poll)
     finally:
         if tfd is not None:
