@@ -221,7 +221,7 @@ def main() -> None:
     ap.add_argument("--backends", default="hf,vllm,openai")
     ap.add_argument("--models", default="tiny,30m")
     ap.add_argument("--home", default=".kdbench")
-    ap.add_argument("--reps", type=int, default=3, help="timed repetitions per side (the fastest counts)")
+    ap.add_argument("--reps", type=int, default=5, help="timed repetitions per side (the fastest counts)")
     a = ap.parse_args()
     paths = models(a.home)
     reqs = requests(a.prompts)
