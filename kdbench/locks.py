@@ -74,11 +74,13 @@ def gpu_slot(slots: int, poll: float = 0.5):
                         fcntl.flock(fd, fcntl.LOCK_UN)
                         os.close(fd)
                     return
-            holders = ", ".join(sorted({_holder(d / f"slot-{i}.lock") for i in range(n)} - {"", f"pid {os.getpid()}"}))
-            if not told and holders:  # this run's own tasks queueing for the slot is the plan, not news
-                told = True
-                print(f"[kdbench] waiting for an accelerator slot: all {n} on this machine are held "
-                      f"({holders}); orchestration.gpu_slots sets how many", flush=True)
+            if not told:  # once said, the holders need not be read again
+                own = f"pid {os.getpid()}"  # this run's own tasks queueing for the slot is the plan, not news
+                holders = ", ".join(sorted({_holder(d / f"slot-{i}.lock") for i in range(n)} - {"", own}))
+                if holders:
+                    told = True
+                    print(f"[kdbench] waiting for an accelerator slot: all {n} on this machine are held "
+                          f"({holders}); orchestration.gpu_slots sets how many", flush=True)
             time.sleep(poll)
     finally:
         if tfd is not None:
@@ -87,7 +89,7 @@ def gpu_slot(slots: int, poll: float = 0.5):
 
 def _live_tickets_before(d: Path, name: str) -> int:
     live = 0
-    for t in sorted(p for p in d.glob("ticket-*") if p.name < name):
+    for t in (p for p in d.glob("ticket-*") if p.name < name):
         try:
             fd = os.open(t, os.O_RDWR)
         except FileNotFoundError:

@@ -73,6 +73,8 @@ class CachedModel:
 
     def _count_tokens(self, texts: list[str]) -> int:
         """Tokens of ``texts`` under this model's tokenizer (0 when it has none here, e.g. an API model)."""
+        if self._tokenizer is None:  # the backend's, when it has loaded one; else loaded for counting alone
+            self._tokenizer = getattr(self._backend, "tokenizer", None)
         if self._tokenizer is None:
             from kdbench.models.loading import load_tokenizer
 
