@@ -72,7 +72,9 @@ class ElicitConfig(_Strict):
     self_knowledge_samples: int = 2  # student samples per seed
     self_knowledge_temperature: float = 0.8
     self_knowledge_margin: float = 1.0  # keep a student answer within this many nats/token of the teacher's own
-    self_knowledge_warmup_epochs: float = 0.0  # sft on the teacher's labels before the student samples (ReST-style)
+    # sft on the teacher's labels before the student samples (ReST-style). auto: the epochs of
+    # distill.train for the embedded tiny student, which starts untrained; 0 for any other student
+    self_knowledge_warmup_epochs: float | Literal["auto"] = "auto"
     feature_topk: int = 64  # teacher log-probs kept per token by the feature method
     vllm_python: str | None = None  # Python of the environment with vLLM (default: .venv-vllm, see backends)
     openai_base_url: str | None = None

@@ -54,8 +54,29 @@ def prepare_models(cfg: dict) -> dict:
     return out
 
 
+def _ensure_models(cfg: dict, models: dict) -> dict:
+    """``models`` as a cached Prefect result gave them, or rebuilt when a folder behind it was deleted."""
+    rc = _cfg(cfg)
+    built = [m for m, want in zip([models["teacher"], *models["students"]], [rc.models.teacher, *rc.models.students],
+                                  strict=True) if want == TINY]
+    if all(Path(m).exists() for m in built):
+        return models
+    print(f"[kdbench] {rc.pack}: the tiny model folders of a cached result are gone; building them again")
+    return prepare_models(cfg)
+
+
+def _ensure_data(cfg: dict, data: dict, models: dict) -> dict:
+    """``data`` as a cached Prefect result gave it, or rebuilt (from the generation cache) when its folder was
+    deleted: a cache cleaned by hand costs a recomputation, never a failed run."""
+    if (Path(data["path"]) / "manifest.json").exists():
+        return data
+    print(f"[kdbench] {_cfg(cfg).pack}: the dataset folder {data['path']} of a cached result is gone; rebuilding it")
+    return dataset_step(cfg, elicit_step(cfg, models), models)
+
+
 def elicit_step(cfg: dict, models: dict) -> dict:
     """Elicit with the teacher (and the first student, for feedback and self-knowledge)."""
+    models = _ensure_models(cfg, models)
     teacher, student = models["teacher"], models["students"][0]
     rc = _cfg(cfg)
     pack = load_pack(rc.pack)
@@ -72,6 +93,11 @@ def elicit_step(cfg: dict, models: dict) -> dict:
 def dataset_step(cfg: dict, elicited: dict, models: dict) -> dict:
     """Filter and decontaminate the elicited rows; save the dataset; track the elicitation run
     (its prompts, sampling settings, counts and filter rates)."""
+    models = _ensure_models(cfg, models)
+    if not Path(elicited["path"]).exists():
+        print(f"[kdbench] {_cfg(cfg).pack}: the elicited rows {elicited['path']} of a cached result are gone; "
+              "eliciting again (the generation cache serves what it holds)")
+        elicited = elicit_step(cfg, models)
     teacher = models["teacher"]
     rc = _cfg(cfg)
     pack = load_pack(rc.pack)
@@ -116,6 +142,7 @@ def dataset_step(cfg: dict, elicited: dict, models: dict) -> dict:
 def baseline_step(cfg: dict, role: str, models: dict, index: int, data: dict) -> dict:
     """Evaluate the teacher (role 'teacher') or student ``index`` before distillation
     (role 'student_before'); track it as a baseline run."""
+    models = _ensure_models(cfg, models)
     model = models["teacher"] if role == "teacher" else models["students"][index]
     rc = _cfg(cfg)
     pack = load_pack(rc.pack)
@@ -139,6 +166,8 @@ def student_step(cfg: dict, algorithm: str, seed: int, models: dict, index: int,
     """Distill, evaluate and track one (teacher, student ``index``, algorithm, seed) run with its gap metrics."""
     from kdbench.distill.run import distill, distill_key
 
+    models = _ensure_models(cfg, models)
+    data = _ensure_data(cfg, data, models)
     teacher, student = models["teacher"], models["students"][index]
     rc = _cfg(cfg)
     pack = load_pack(rc.pack)

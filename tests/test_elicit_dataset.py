@@ -1,6 +1,7 @@
 """Labeling with the HF backend, the generation cache, and the dataset filters."""
 
 import json
+import shutil
 
 import pytest
 
@@ -91,7 +92,7 @@ def test_every_method_produces_rows_with_stats(micro, tmp_path):
     cfg = micro.cfg.model_copy(deep=True)
     cfg.elicit.expansion_per_topic = 3
     cfg.elicit.curation_per_topic = 2
-    cfg.elicit.self_knowledge_warmup_epochs = 8  # the micro student cannot answer before it
+    cfg.elicit.self_knowledge_warmup_epochs = 8.0  # the micro student cannot answer before it
     res = elicit(micro.pack, micro.models.teacher, cfg, tmp_path, student_ref=micro.models.student, methods=methods)
     rows = [json.loads(line) for line in res.path.read_text().splitlines()]
     by = {m: [r for r in rows if r["method"] == m] for m in methods}
@@ -109,6 +110,28 @@ def test_every_method_produces_rows_with_stats(micro, tmp_path):
     # the student samples after its warm-up on the teacher's labels, and some samples pass the judge
     assert "self_knowledge-warmup" in st["self_knowledge"]["sampler"]
     assert st["self_knowledge"]["kept"] > 0, st["self_knowledge"]
+    sk = st["self_knowledge"]  # a seed's identical samples are one row
+    assert sk["passed"] == sk["kept"] + sk["repeated_samples"] and sk["warmup_epochs"] == 8
+    assert len({(r["prompt"], r["response"]) for r in by["self_knowledge"]}) == len(by["self_knowledge"])
+    assert 0 <= sk["kept_same_as_teacher"] <= sk["kept"]
+
+
+def test_self_knowledge_warms_up_only_a_student_that_starts_untrained(micro, tmp_path):
+    from kdbench.elicit.feedback import warmup_config
+
+    cfg = micro.cfg.model_copy(deep=True)
+    assert cfg.elicit.self_knowledge_warmup_epochs == "auto"
+    tc = warmup_config(cfg, micro.models.student)  # the embedded tiny student, as built: random weights
+    assert tc is not None and tc.epochs == cfg.distill.train.epochs and not tc.lora
+    assert warmup_config(cfg, micro.models.teacher) is None  # a trained model samples as it is
+    trained = tmp_path / "trained-student"
+    shutil.copytree(micro.models.student, trained)
+    (trained / "kdbench.json").unlink()  # what the trainer saves: no card
+    assert warmup_config(cfg, str(trained)) is None
+    cfg.elicit.self_knowledge_warmup_epochs = 0.0
+    assert warmup_config(cfg, micro.models.student) is None
+    cfg.elicit.self_knowledge_warmup_epochs = 3.0
+    assert warmup_config(cfg, str(trained)).epochs == 3
 
 
 def test_feature_topk_cache_is_compact_and_aligned(micro, tmp_path):

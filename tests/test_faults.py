@@ -42,11 +42,8 @@ def runs_of(home: Path, pack: str = "geo"):
     return c.search_runs([exp.experiment_id], max_results=200) if exp else []
 
 
-def test_sigkill_mid_training_resumes_from_checkpoint_without_duplicate_runs(tmp_path, env):
-    pack = scaffold("geo", tmp_path / "domains")
-    home = tmp_path / "home"
-    cmd = kdbench_cmd(pack, home, "--algorithms", "sft", "--seeds", "0", "--epochs", "150")
-    log = tmp_path / "first.log"
+def kill_mid_training(cmd: list[str], home: Path, log: Path, env: dict) -> None:
+    """Start ``cmd`` and SIGKILL it (the flow and its temporary Prefect server) once training has checkpointed."""
     proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     deadline, ckpt = time.time() + 600, None
     while time.time() < deadline and ckpt is None:
@@ -57,8 +54,15 @@ def test_sigkill_mid_training_resumes_from_checkpoint_without_duplicate_runs(tmp
         time.sleep(0.2)
     assert ckpt is not None, log.read_text()[-3000:]
     time.sleep(1.0)
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole process group: the flow and its temporary Prefect server
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def test_sigkill_mid_training_resumes_from_checkpoint_without_duplicate_runs(tmp_path, env):
+    pack = scaffold("geo", tmp_path / "domains")
+    home = tmp_path / "home"
+    cmd = kdbench_cmd(pack, home, "--algorithms", "sft", "--seeds", "0", "--epochs", "150")
+    kill_mid_training(cmd, home, tmp_path / "first.log", env)
     killed = [r for r in runs_of(home) if r.data.tags["kdbench.role"] == "student_after"]
     assert [r.info.status for r in killed] == ["RUNNING"]  # what SIGKILL leaves behind ...
 
@@ -171,3 +175,28 @@ def test_two_runs_at_once_on_one_sqlite_file(tmp_path, env):
     assert all(r.info.status == "FINISHED" for r in runs)
     assert len(list((home / "models").glob("geo-*/DONE"))) == 1  # built once
     assert len(list((home / "students").glob("*/DONE"))) == 2
+
+
+
+def test_cache_folders_deleted_by_hand_are_rebuilt_behind_cached_prefect_results(tmp_path, env):
+    """Prefect's persisted results point at folders under <home>. A run killed mid-training, whose user then
+    deletes those folders to free disk, is rerun: the cached results' folders are rebuilt, not a crash."""
+    import shutil
+
+    pack = scaffold("geo", tmp_path / "domains")
+    home = tmp_path / "home"
+    cmd = kdbench_cmd(pack, home, "--algorithms", "sft", "--seeds", "0", "--epochs", "150")
+    kill_mid_training(cmd, home, tmp_path / "first.log", env)
+    for folder in ("models", "elicit", "datasets"):
+        shutil.rmtree(home / folder)
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-4000:]
+    assert "dataset: cached result reused (Prefect)" in log  # the results upstream came from Prefect's cache
+    assert "of a cached result are gone; building them again" in log and "of a cached result is gone" in log
+    assert "resuming from the checkpoint at step" in log  # the rebuilt models are the same models
+    assert list((home / "datasets").glob("geo-*/manifest.json")) and list((home / "models").glob("geo-*/DONE"))
+    runs = runs_of(home)
+    assert sorted(r.data.tags["kdbench.role"] for r in runs) == ["elicitation", "student_after", "student_before",
+                                                                "teacher"]
+    assert all(r.info.status == "FINISHED" for r in runs)

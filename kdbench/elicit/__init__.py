@@ -13,7 +13,7 @@ from pathlib import Path
 
 from kdbench.data import content_hash, read_done, read_jsonl, write_json, write_jsonl
 from kdbench.elicit.backends import Sampling
-from kdbench.elicit.feedback import feedback, self_knowledge
+from kdbench.elicit.feedback import feedback, self_knowledge, warmup_config
 from kdbench.elicit.labeling import label
 from kdbench.elicit.synthesis import curate, expand
 from kdbench.elicit.teacher import CachedModel
@@ -77,10 +77,13 @@ def elicit(pack, teacher_ref: str, cfg, home: Path, device: str = "cpu", student
     if any(m in NEEDS_STUDENT for m in methods) and student_ref is None:
         raise ConfigError(f"elicitation methods {[m for m in methods if m in NEEDS_STUDENT]} need a student model")
     sampling = Sampling(max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p)
-    unused = {"self_knowledge_warmup_epochs"} if "self_knowledge" not in methods else set()
+    sk = "self_knowledge" in methods
+    warmup = warmup_config(cfg, student_ref) if sk else None  # trains the sampler: its settings shape the rows
     key = content_hash(identity(teacher_ref, cfg.models.revision), pack.data_hash, methods, e.model_dump(
-        exclude={"backend", "batch_size", "openai_concurrency", "methods", *unused}),
-        identity(student_ref) if any(m in NEEDS_STUDENT for m in methods) else None)
+        exclude={"backend", "batch_size", "openai_concurrency", "methods",
+                 *(() if sk else ("self_knowledge_warmup_epochs",))}),
+        identity(student_ref) if any(m in NEEDS_STUDENT for m in methods) else None,
+        *([warmup.model_dump()] if warmup else []))
     out = Path(home) / "elicit" / f"{pack.name}-{key}"
     with locked(out):
         stats = read_done(out / "stats.json") if (out / "DONE").exists() else None

@@ -8,10 +8,12 @@ kept as a correction ``sft`` and the divergences can use.
 self_knowledge: the student samples answers to the seeds; a filter keeps the
 good ones (a generator's checkable answer when the seed has one, else the
 teacher's judgement) and the student trains on its own kept outputs. A student
-that cannot answer yet can first learn the teacher's labels for a few epochs
-(``elicit.self_knowledge_warmup_epochs``, as in ReST's grow step; off by default):
-an untrained student samples noise that no filter keeps. The warmed-up student
-is cached under <home>/students/.
+that cannot answer yet first learns the teacher's labels of the seeds
+(``elicit.self_knowledge_warmup_epochs``, as in ReST's grow step): an untrained
+student samples noise that no filter keeps. ``auto`` warms up the embedded tiny
+student, which starts untrained, for ``distill.train.epochs`` and leaves any other
+student as it is. The warmed-up student is cached under <home>/students/.
+Identical samples for one seed are one row.
 
 Judges: ``likelihood`` (white-box: the teacher's mean log-probability per token
 of each answer; needs a backend that can score) or ``prompt`` (any teacher,
@@ -98,24 +100,25 @@ def feedback(ctx) -> list[dict]:
 def self_knowledge(ctx) -> list[dict]:
     e = ctx.cfg.elicit
     seeds = ctx.seeds
-    reqs, owners = [], []
-    for s in seeds:
-        for k in range(e.self_knowledge_samples):
-            reqs.append(messages_for(s.prompt))
-            owners.append((s, k))
-    sampling = Sampling(max_new_tokens=ctx.sampling.max_new_tokens, temperature=e.self_knowledge_temperature,
-                        top_p=0.95, seed=7)
     sampler = _warm_student(ctx)
-    outs = sampler.generate("self_knowledge", reqs, sampling)
+    owners, outs = [], []
+    for k in range(e.self_knowledge_samples):  # sample k of every seed: its own sampling seed, its own cache key
+        sampling = Sampling(max_new_tokens=ctx.sampling.max_new_tokens, temperature=e.self_knowledge_temperature,
+                            top_p=0.95, seed=7 + k)
+        outs += sampler.generate("self_knowledge", [messages_for(s.prompt) for s in seeds], sampling)
+        owners += [(s, k) for s in seeds]
     kind = judge_kind(ctx)
     keep = [False] * len(outs)
     by_ref = [i for i, (s, _) in enumerate(owners) if s.reference]
     for i in by_ref:
         keep[i] = verify(outs[i], owners[i][0].reference, owners[i][0].check)
     rest = [i for i in range(len(outs)) if not owners[i][0].reference and outs[i].strip()]
+    teacher_says = {}  # seed id -> the teacher's own answer (a local teacher: served by the labeling cache)
+    if kind == "likelihood":
+        teacher_says = dict(zip([s.id for s in seeds], label_prompts(ctx, [s.prompt for s in seeds]), strict=True))
     if rest and kind == "likelihood":
         prompts = [owners[i][0].prompt for i in rest]
-        own = _mean_logprobs(ctx, "self_knowledge", prompts, label_prompts(ctx, prompts))
+        own = _mean_logprobs(ctx, "self_knowledge", prompts, [teacher_says[owners[i][0].id] for i in rest])
         theirs = _mean_logprobs(ctx, "self_knowledge", prompts, [outs[i] for i in rest])
         for i, o, t in zip(rest, own, theirs, strict=True):
             keep[i] = t >= o - e.self_knowledge_margin
@@ -126,18 +129,37 @@ def self_knowledge(ctx) -> list[dict]:
             Sampling(max_new_tokens=4))
         for i, v in zip(rest, verdicts, strict=True):
             keep[i] = v.strip().lower().startswith("yes")
-    rows = [{"id": f"self_knowledge-{s.id}-{k}", "method": "self_knowledge", "topic": s.topic, "prompt": s.prompt,
-             "response": outs[i], "reference": s.reference, "check": s.check}
-            for i, (s, k) in enumerate(owners) if keep[i]]
+    rows, seen, same = [], set(), 0
+    for i, (s, k) in enumerate(owners):
+        if keep[i] and (s.id, outs[i].strip()) not in seen:
+            seen.add((s.id, outs[i].strip()))
+            same += s.id in teacher_says and outs[i].strip() == teacher_says[s.id].strip()
+            rows.append({"id": f"self_knowledge-{s.id}-{k}", "method": "self_knowledge", "topic": s.topic,
+                         "prompt": s.prompt, "response": outs[i], "reference": s.reference, "check": s.check})
+    passed = sum(keep)
     ctx.teacher.stats.setdefault("self_knowledge", {}).update({
-        "judge": kind, "samples": len(outs), "kept": len(rows), "verified_by_reference": len(by_ref),
-        "warmup_epochs": e.self_knowledge_warmup_epochs, "sampler": sampler.ref,
-        "filter_rate": 1 - len(rows) / max(len(outs), 1)})
+        "judge": kind, "samples": len(outs), "passed": passed, "repeated_samples": passed - len(rows),
+        "kept": len(rows), "verified_by_reference": len(by_ref),
+        "kept_same_as_teacher": same if kind == "likelihood" else None,  # word for word the teacher's answer
+        "warmup_epochs": warmup_config(ctx.cfg, ctx.student.ref).epochs if sampler is not ctx.student else 0,
+        "sampler": sampler.ref, "filter_rate": 1 - passed / max(len(outs), 1)})
     return rows
 
 
+def warmup_config(cfg, student_ref: str):
+    """The training config of the self-knowledge warm-up, or None when the student samples as it is."""
+    from kdbench.models.loading import untrained
+
+    epochs = cfg.elicit.self_knowledge_warmup_epochs
+    if epochs == "auto":
+        epochs = cfg.distill.train.epochs if untrained(student_ref) else 0
+    if epochs <= 0:
+        return None
+    return cfg.distill.train.model_copy(update={"epochs": epochs, "max_steps": None, "lora": False})
+
+
 def _warm_student(ctx):
-    """The student after ``self_knowledge_warmup_epochs`` of sft on the teacher's labels of the seeds."""
+    """The student after the warm-up's epochs of sft on the teacher's labels of the seeds."""
     from kdbench.data import content_hash, read_done, tokenize_example, write_json
     from kdbench.distill.sft import sft_step
     from kdbench.distill.trainer import train
@@ -145,12 +167,11 @@ def _warm_student(ctx):
     from kdbench.locks import locked
     from kdbench.models.loading import load_model
 
-    epochs = ctx.cfg.elicit.self_knowledge_warmup_epochs
-    if epochs <= 0:
+    tc = warmup_config(ctx.cfg, ctx.student.ref)
+    if tc is None:
         return ctx.student
     prompts = [s.prompt for s in ctx.seeds]
     pairs = [(p, a) for p, a in zip(prompts, label_prompts(ctx, prompts), strict=True) if a.strip()]
-    tc = ctx.cfg.distill.train.model_copy(update={"epochs": epochs, "max_steps": None, "lora": False})
     key = content_hash(ctx.student.identity, ctx.teacher.identity, pairs, tc.model_dump())
     out = Path(ctx.home) / "students" / f"{ctx.pack.name}-self_knowledge-warmup-{key}"
     with locked(out):
@@ -160,5 +181,5 @@ def _warm_student(ctx):
             examples = [tokenize_example(tok, p, a, max_length=tc.max_length) for p, a in pairs]
             res = train(model, tok, examples, sft_step, cfg=tc, out_dir=out, seed=0, device=ctx.student.device,
                         desc=f"{ctx.pack.name}: self_knowledge warm-up")
-            write_json(out / "DONE", {"model_dir": str(res.model_dir), "steps": res.steps, "epochs": epochs})
+            write_json(out / "DONE", {"model_dir": str(res.model_dir), "steps": res.steps, "epochs": tc.epochs})
     return CachedModel(str(out / "model"), ctx.cfg, ctx.home, device=ctx.student.device, backend_name="hf")

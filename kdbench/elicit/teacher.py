@@ -50,7 +50,8 @@ class CachedModel:
     def generate(self, method: str, requests: list[Messages], sampling: Sampling, chunk: int = 256) -> list[str]:
         keys = [self.key(method, m, sampling) for m in requests]
         todo = [i for i, k in enumerate(keys) if k not in self.cache]
-        # unique requests only: the same prompt asked twice is generated once
+        # unique requests only: the same prompt asked twice is generated once (to draw several samples of a
+        # prompt, call once per sample with its own sampling.seed, as self_knowledge does)
         todo = list({keys[i]: i for i in todo}.values())
         st = self.stats.setdefault(method, {"requests": 0, "cached": 0, "generated": 0})
         st["requests"] += len(requests)

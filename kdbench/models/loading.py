@@ -63,5 +63,12 @@ def identity(ref: str, revision: str | None = None) -> dict:
     return out
 
 
+def untrained(ref: str) -> bool:
+    """True for the embedded tiny student as built: randomly initialised, never trained (its card says role
+    student; students kdbench trains are saved without a card)."""
+    card = Path(ref) / "kdbench.json"
+    return card.exists() and json.loads(card.read_text()).get("role") == "student"
+
+
 def vocab_of(tokenizer) -> dict[str, int]:
     return tokenizer.get_vocab()
