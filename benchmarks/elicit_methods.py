@@ -17,8 +17,8 @@ METHODS = ["labeling", "expansion", "curation", "feedback", "self_knowledge"]
 
 def main() -> None:
     from kdbench.config import load_config
-    from kdbench.dataset import add_topk, build_dataset
     from kdbench.data import write_jsonl
+    from kdbench.dataset import add_topk, build_dataset
     from kdbench.elicit import elicit, load_rows
     from kdbench.models.tiny import build_tiny_models
     from kdbench.packs import load_pack

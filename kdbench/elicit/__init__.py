@@ -26,6 +26,9 @@ METHODS = {"labeling": label, "expansion": expand, "curation": curate, "feedback
 # "feature" (the teacher's top-k log-probs) annotates the finished dataset: see kdbench/elicit/feature.py
 ANNOTATIONS = ("feature",)
 NEEDS_STUDENT = ("feedback", "self_knowledge")
+# bumped when a method's rows change for the same settings, so older cached rows are not reused
+# (self_knowledge 2: each sample of a seed is drawn with its own seed; before, a seed's samples were one)
+METHOD_VERSIONS = {"self_knowledge": 2}
 
 
 @dataclass
@@ -79,11 +82,13 @@ def elicit(pack, teacher_ref: str, cfg, home: Path, device: str = "cpu", student
     sampling = Sampling(max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p)
     sk = "self_knowledge" in methods
     warmup = warmup_config(cfg, student_ref) if sk else None  # trains the sampler: its settings shape the rows
+    versions = {m: METHOD_VERSIONS[m] for m in methods if m in METHOD_VERSIONS}
+    # parts that are absent add nothing to the key, so caches made before they existed stay valid
+    optional = [p for p in (warmup.model_dump() if warmup else None, versions) if p]
     key = content_hash(identity(teacher_ref, cfg.models.revision), pack.data_hash, methods, e.model_dump(
         exclude={"backend", "batch_size", "openai_concurrency", "methods",
                  *(() if sk else ("self_knowledge_warmup_epochs",))}),
-        identity(student_ref) if any(m in NEEDS_STUDENT for m in methods) else None,
-        *([warmup.model_dump()] if warmup else []))
+        identity(student_ref) if any(m in NEEDS_STUDENT for m in methods) else None, *optional)
     out = Path(home) / "elicit" / f"{pack.name}-{key}"
     with locked(out):
         stats = read_done(out / "stats.json") if (out / "DONE").exists() else None
