@@ -98,6 +98,8 @@ def test_every_method_produces_rows_with_stats(micro, tmp_path):
     by = {m: [r for r in rows if r["method"] == m] for m in methods}
     st = res.stats["methods"]
     assert len(by["labeling"]) == len(micro.pack.seeds)
+    # other methods reuse labeling's answers through its cache, and count them under their own names
+    assert st["labeling"]["requests"] == len(micro.pack.seeds) and st["feedback-teacher"]["cached"] > 0
     for m in ("expansion", "curation"):
         assert st[m]["drafts"] == (6 if m == "expansion" else 4)
         assert st[m]["kept"] + st[m]["empty"] + st[m]["near_duplicate"] + st[m]["leaked"] == st[m]["drafts"]

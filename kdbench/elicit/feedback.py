@@ -23,6 +23,7 @@ black-box: it is asked which answer is better, or whether one is correct).
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 from kdbench.data import messages_for
@@ -63,7 +64,7 @@ def _prompt_pairs(ctx, prompts, first, second) -> list[bool]:
 def feedback(ctx) -> list[dict]:
     seeds = ctx.seeds
     prompts = [s.prompt for s in seeds]
-    teacher_ans = label_prompts(ctx, prompts)  # the labeling cache serves these when labeling ran
+    teacher_ans = label_prompts(ctx, prompts, account="feedback-teacher")  # labeling's cache serves these
     student_ans = ctx.student.generate("feedback-student", [messages_for(p) for p in prompts], ctx.sampling)
     kind = judge_kind(ctx)
     # an empty answer loses without a judge; the judge compares answers that both say something
@@ -101,11 +102,12 @@ def self_knowledge(ctx) -> list[dict]:
     e = ctx.cfg.elicit
     seeds = ctx.seeds
     sampler = _warm_student(ctx)
+    sampling = Sampling(max_new_tokens=ctx.sampling.max_new_tokens, temperature=e.self_knowledge_temperature,
+                        top_p=0.95, seed=7)
     owners, outs = [], []
     for k in range(e.self_knowledge_samples):  # sample k of every seed: its own sampling seed, its own cache key
-        sampling = Sampling(max_new_tokens=ctx.sampling.max_new_tokens, temperature=e.self_knowledge_temperature,
-                            top_p=0.95, seed=7 + k)
-        outs += sampler.generate("self_knowledge", [messages_for(s.prompt) for s in seeds], sampling)
+        outs += sampler.generate("self_knowledge", [messages_for(s.prompt) for s in seeds],
+                                 replace(sampling, seed=sampling.seed + k))
         owners += [(s, k) for s in seeds]
     kind = judge_kind(ctx)
     keep = [False] * len(outs)
@@ -115,7 +117,8 @@ def self_knowledge(ctx) -> list[dict]:
     rest = [i for i in range(len(outs)) if not owners[i][0].reference and outs[i].strip()]
     teacher_says = {}  # seed id -> the teacher's own answer (a local teacher: served by the labeling cache)
     if kind == "likelihood":
-        teacher_says = dict(zip([s.id for s in seeds], label_prompts(ctx, [s.prompt for s in seeds]), strict=True))
+        labels = label_prompts(ctx, [s.prompt for s in seeds], account="self_knowledge-teacher")
+        teacher_says = dict(zip([s.id for s in seeds], labels, strict=True))
     if rest and kind == "likelihood":
         prompts = [owners[i][0].prompt for i in rest]
         own = _mean_logprobs(ctx, "self_knowledge", prompts, [teacher_says[owners[i][0].id] for i in rest])
@@ -141,6 +144,7 @@ def self_knowledge(ctx) -> list[dict]:
         "judge": kind, "samples": len(outs), "passed": passed, "repeated_samples": passed - len(rows),
         "kept": len(rows), "verified_by_reference": len(by_ref),
         "kept_same_as_teacher": same if kind == "likelihood" else None,  # word for word the teacher's answer
+        "temperature": e.self_knowledge_temperature, "top_p": sampling.top_p, "samples_per_seed": e.self_knowledge_samples,
         "warmup_epochs": warmup_config(ctx.cfg, ctx.student.ref).epochs if sampler is not ctx.student else 0,
         "sampler": sampler.ref, "filter_rate": 1 - passed / max(len(outs), 1)})
     return rows
@@ -171,7 +175,8 @@ def _warm_student(ctx):
     if tc is None:
         return ctx.student
     prompts = [s.prompt for s in ctx.seeds]
-    pairs = [(p, a) for p, a in zip(prompts, label_prompts(ctx, prompts), strict=True) if a.strip()]
+    labels = label_prompts(ctx, prompts, account="self_knowledge-teacher")
+    pairs = [(p, a) for p, a in zip(prompts, labels, strict=True) if a.strip()]
     key = content_hash(ctx.student.identity, ctx.teacher.identity, pairs, tc.model_dump())
     out = Path(ctx.home) / "students" / f"{ctx.pack.name}-self_knowledge-warmup-{key}"
     with locked(out):

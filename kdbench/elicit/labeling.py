@@ -16,9 +16,10 @@ def labeling_messages(ctx, prompts: list[str]) -> list[list[dict]]:
     return [messages_for(p, system) for p in prompts]
 
 
-def label_prompts(ctx, prompts: list[str], method: str = "labeling") -> list[str]:
-    """The teacher's answers to ``prompts`` (cached under ``method``)."""
-    return ctx.teacher.generate(method, labeling_messages(ctx, prompts), ctx.sampling)
+def label_prompts(ctx, prompts: list[str], method: str = "labeling", account: str | None = None) -> list[str]:
+    """The teacher's answers to ``prompts``, cached under ``method`` (so labeling's cache serves every method
+    that needs the teacher's own answer) and counted in the stats under ``account`` (default: ``method``)."""
+    return ctx.teacher.generate(method, labeling_messages(ctx, prompts), ctx.sampling, account=account)
 
 
 def label(ctx) -> list[dict]:

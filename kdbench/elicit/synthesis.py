@@ -61,6 +61,7 @@ def _filter_and_label(ctx, method: str, drafts: list[tuple[str, str]]) -> list[d
             kept.append((topic, text))
     counts["kept"] = len(kept)
     counts["filter_rate"] = 1 - len(kept) / max(len(drafts), 1)
+    counts["temperature"] = ctx.cfg.elicit.expansion_temperature
     ctx.teacher.stats.setdefault(method, {}).update(counts)
     answers = label_prompts(ctx, [t for _, t in kept], method=f"{method}-label")
     return [{"id": f"{method}-{i:05d}", "method": method, "topic": topic, "prompt": text, "response": a}

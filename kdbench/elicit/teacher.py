@@ -47,13 +47,15 @@ class CachedModel:
         # and a cache filled by one backend should serve the others.
         return content_hash(self.identity, method, messages, sampling.as_dict())
 
-    def generate(self, method: str, requests: list[Messages], sampling: Sampling, chunk: int = 256) -> list[str]:
+    def generate(self, method: str, requests: list[Messages], sampling: Sampling, chunk: int = 256,
+                 account: str | None = None) -> list[str]:
+        """Answers to ``requests``, cached under ``method``; counted in ``stats`` under ``account`` or ``method``."""
         keys = [self.key(method, m, sampling) for m in requests]
         todo = [i for i, k in enumerate(keys) if k not in self.cache]
         # unique requests only: the same prompt asked twice is generated once (to draw several samples of a
         # prompt, call once per sample with its own sampling.seed, as self_knowledge does)
         todo = list({keys[i]: i for i in todo}.values())
-        st = self.stats.setdefault(method, {"requests": 0, "cached": 0, "generated": 0})
+        st = self.stats.setdefault(account or method, {"requests": 0, "cached": 0, "generated": 0})
         st["requests"] += len(requests)
         st["cached"] += len(requests) - len(todo)
         if todo and len(todo) < len(requests):
