@@ -131,10 +131,11 @@ def _open_run(c, exp_id: str, run_key: str, name: str, tags: dict[str, str]) -> 
     existing = find_run(c, exp_id, run_key)
     if existing is not None:
         run_id = existing.info.run_id
-        resumed = int(existing.data.tags.get(f"{TAG}.resumed", "0")) + 1
+        if existing.info.status != "FINISHED":  # interrupted or failed before: this run takes it up again
+            resumed = int(existing.data.tags.get(f"{TAG}.resumed", "0")) + 1
+            c.set_tag(run_id, f"{TAG}.resumed", str(resumed))
+            c.set_tag(run_id, f"{TAG}.error", "")
         c.update_run(run_id, status="RUNNING")
-        c.set_tag(run_id, f"{TAG}.resumed", str(resumed))
-        c.set_tag(run_id, f"{TAG}.error", "")
     else:
         run = c.create_run(exp_id, run_name=name, tags={**tags, f"{TAG}.run_key": run_key,
                                                         f"{TAG}.code_version": code_version()})

@@ -41,6 +41,7 @@ def test_run_key_resumes_instead_of_duplicating(cfg):
     with tracking.tracked_run(c, exp, "k1", "x", {}) as again:
         tracking.log_all(c, again, params={"a": 1})  # logging the same params twice is fine
     assert again == killed and len(c.search_runs([exp])) == 1
+    assert c.get_run(killed).data.tags["kdbench.resumed"] == "1"  # reopening a finished run resumes nothing
 
 
 def test_failure_marks_run_failed_with_step(cfg):
