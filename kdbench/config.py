@@ -67,6 +67,7 @@ class ElicitConfig(_Strict):
     expansion_demos: int = 3  # seed demonstrations shown per request
     expansion_temperature: float = 0.8
     curation_per_topic: int = 6  # inputs written from the pack's topics and description alone
+    curation_documents_per_topic: int = 2  # inputs written from one of the topic's knowledge documents each
     dedup_rouge: float = 0.7  # a new input this close (ROUGE-L F1) to an existing one is a near-duplicate
     judge: Literal["auto", "likelihood", "prompt"] = "auto"  # how the teacher judges answers
     self_knowledge_samples: int = 2  # student samples per seed

@@ -92,6 +92,7 @@ def test_every_method_produces_rows_with_stats(micro, tmp_path):
     cfg = micro.cfg.model_copy(deep=True)
     cfg.elicit.expansion_per_topic = 3
     cfg.elicit.curation_per_topic = 2
+    cfg.elicit.curation_documents_per_topic = 1
     cfg.elicit.self_knowledge_warmup_epochs = 8.0  # the micro student cannot answer before it
     res = elicit(micro.pack, micro.models.teacher, cfg, tmp_path, student_ref=micro.models.student, methods=methods)
     rows = [json.loads(line) for line in res.path.read_text().splitlines()]
@@ -101,9 +102,10 @@ def test_every_method_produces_rows_with_stats(micro, tmp_path):
     # other methods reuse labeling's answers through its cache, and count them under their own names
     assert st["labeling"]["requests"] == len(micro.pack.seeds) and st["feedback-teacher"]["cached"] > 0
     for m in ("expansion", "curation"):
-        assert st[m]["drafts"] == (6 if m == "expansion" else 4)
+        assert st[m]["drafts"] == 6  # expansion: 3 per topic; curation: 2 from the topic + 1 from a document
         assert st[m]["kept"] + st[m]["empty"] + st[m]["near_duplicate"] + st[m]["leaked"] == st[m]["drafts"]
         assert len(by[m]) == st[m]["kept"] and all(r["response"] for r in by[m])
+    assert st["curation"]["from_documents"] == 2
     pairs = [r for r in by["feedback"] if "chosen" in r]
     assert st["feedback"]["pairs"] == len(pairs) > 0 and st["feedback"]["judge"] == "likelihood"
     assert all(p["chosen"] != p["rejected"] for p in pairs)

@@ -1,8 +1,9 @@
 """expansion and curation: the teacher writes new inputs, which it then labels.
 
 expansion (self-instruct style): shown a few seed demonstrations of a topic, the
-teacher writes a new input. curation: from the pack's meta-information alone
-(its description and a topic) the teacher writes an input from scratch. Both
+teacher writes a new input. curation: from the pack's meta-information (its
+description and a topic, and, with ``curation_documents_per_topic``, one of the
+pack's knowledge documents) the teacher writes an input from scratch. Both
 filter what it writes: empty, near-duplicate of a seed or of an earlier new
 input (ROUGE-L F1 >= dedup_rouge), or sharing an 8-word run with an evaluation
 item (leakage). The survivors are labeled like seeds.
@@ -91,13 +92,21 @@ def curate(ctx) -> list[dict]:
     e, pack = ctx.cfg.elicit, ctx.pack
     system = teacher_system(pack, "curation").replace("{topic}", "the topic below")
     instruction = pack.spec.teacher.instructions.get("curation", "Write a question about {topic}.")
+    rng = random.Random(f"curation:{pack.name}")
     requests, topics = [], []
     for topic in pack.spec.topics:
+        about = instruction.replace("{topic}", topic.replace("_", " "))
         for i in range(e.curation_per_topic):
-            text = (f"Domain: {pack.spec.description}\n" + instruction.replace("{topic}", topic.replace("_", " "))
-                    + f"\nWrite only the question (number {i + 1}).")
+            text = f"Domain: {pack.spec.description}\n{about}\nWrite only the question (number {i + 1})."
+            requests.append(messages_for(text, system, wrap=False))
+            topics.append(topic)
+        docs = [k.answer for k in pack.knowledge if k.topic == topic]
+        for doc in rng.sample(docs, min(e.curation_documents_per_topic, len(docs))):
+            text = f"Domain: {pack.spec.description}\nDocument: {doc}\n{about}\nWrite only a question this document answers."
             requests.append(messages_for(text, system, wrap=False))
             topics.append(topic)
     sampling = Sampling(max_new_tokens=48, temperature=e.expansion_temperature, top_p=0.95, seed=1)
     outs = ctx.teacher.generate("curation", requests, sampling)
-    return _filter_and_label(ctx, "curation", list(zip(topics, outs, strict=True)))
+    rows = _filter_and_label(ctx, "curation", list(zip(topics, outs, strict=True)))
+    ctx.teacher.stats["curation"]["from_documents"] = len(requests) - e.curation_per_topic * len(pack.spec.topics)
+    return rows
