@@ -124,7 +124,9 @@ def dataset_step(cfg: dict, elicited: dict, models: dict) -> dict:
         metrics = {"dataset.rows": m["rows"], "dataset.rows_in": m["rows_in"],
                    "decontam.rate": m["decontam_rate"], "teacher.generated_tokens": st["teacher_generated_tokens"],
                    "teacher.tokens": st.get("teacher_tokens", st["teacher_generated_tokens"]),
-                   "teacher.seconds": st["teacher_seconds"]}
+                   "teacher.outputs_reused": st.get("teacher_outputs_reused", 0)}
+        if st["teacher_seconds"] is not None:  # unknown when earlier runs' generations were reused: not logged
+            metrics["teacher.seconds"] = st["teacher_seconds"]
         metrics.update({f"dropped.{k}": v for k, v in m["dropped"].items()})
         metrics.update({f"filter_rate.{k}": v / max(m["rows_in"], 1) for k, v in m["dropped"].items()})
         for method, s in st["methods"].items():
@@ -194,8 +196,9 @@ def student_step(cfg: dict, algorithm: str, seed: int, models: dict, index: int,
                    "cost.train_tokens": res.train_tokens, "cost.train_seconds": res.seconds,
                    "cost.tokens_per_s": res.tokens_per_s, "cost.peak_mem_mb": res.peak_mem_mb,
                    "cost.eval_seconds": ev.seconds, "train.final_loss": res.final_loss,
-                   "cost.teacher_tokens": data.get("teacher_tokens", data.get("teacher_generated_tokens", 0)),
-                   "cost.teacher_seconds": data.get("teacher_seconds", 0.0)}
+                   "cost.teacher_tokens": data.get("teacher_tokens", data.get("teacher_generated_tokens", 0))}
+        if data.get("teacher_seconds") is not None:  # unknown (not 0) when the generations came from earlier runs
+            metrics["cost.teacher_seconds"] = data["teacher_seconds"]
         if not res.cached:  # resource use of this process while it trained (CPU seconds span all threads)
             metrics.update({"cost.cpu_seconds": cpu_s, "cost.wall_seconds": wall_s,
                             "cost.gpu_seconds": wall_s if device_for(rc) == "cuda" else 0.0})

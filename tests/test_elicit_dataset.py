@@ -164,7 +164,7 @@ def test_feature_topk_cache_is_compact_and_aligned(micro, tmp_path):
     torch.testing.assert_close(torch.as_tensor(ex["teacher_topk_logprobs"][pos]), top.values, atol=2e-2, rtol=1e-2)
 
 
-def test_teacher_tokens_count_cached_generations_too(micro, tmp_path):
+def test_teacher_cost_of_cached_generations(micro, tmp_path):
     """The data's teacher cost does not drop to zero when the generation cache served it."""
     first = elicit(micro.pack, micro.models.teacher, micro.cfg, tmp_path, methods=["labeling"])
     assert first.stats["teacher_generated_tokens"] > 0
@@ -174,3 +174,7 @@ def test_teacher_tokens_count_cached_generations_too(micro, tmp_path):
     again = elicit(micro.pack, micro.models.teacher, cfg, tmp_path, methods=["labeling"])
     assert not again.cached and again.stats["teacher_generated_tokens"] == 0
     assert again.stats["teacher_tokens"] == first.stats["teacher_tokens"]
+    # the teacher's time is known for the run that generated; unknown (None, never a made-up 0) for the other
+    assert first.stats["teacher_seconds"] > 0 and first.stats["teacher_outputs_reused"] == 0
+    assert again.stats["teacher_seconds"] is None
+    assert again.stats["teacher_outputs_reused"] == len(micro.pack.seeds)

@@ -115,7 +115,10 @@ def _run_methods(pack, teacher_ref, student_ref, cfg, home, device, methods, sam
              # the data's cost: tokens of every teacher output behind it, whether generated in this run or
              # served by the generation cache (an API teacher without a local tokenizer: those it generated)
              "teacher_tokens": teacher.output_tokens or teacher.generated_tokens,
-             "teacher_seconds": round(getattr(teacher._backend, "seconds", 0.0), 2)}
+             # the teacher's time, known only when this run generated every output it used (else None: an
+             # earlier run spent time we did not measure, and 0 would understate the data's cost)
+             "teacher_seconds": None if teacher.reused else round(getattr(teacher._backend, "seconds", 0.0), 2),
+             "teacher_outputs_reused": len(teacher.reused)}
     write_jsonl(out / "rows.jsonl", rows)
     write_json(out / "stats.json", stats)
     (out / "DONE").write_text(key)
