@@ -133,7 +133,8 @@ def dataset_step(cfg: dict, elicited: dict, models: dict) -> dict:
             metrics.update({f"{method}.{k}": v for k, v in s.items() if isinstance(v, (int, float))})
         tracking.log_all(c, run_id, params=params, metrics=metrics)
         c.log_dict(run_id, m, "dataset_manifest.json")
-        c.log_dict(run_id, st, "elicitation_stats.json")
+        c.log_dict(run_id, {k: v for k, v in st.items() if k != "examples"}, "elicitation_stats.json")
+        c.log_dict(run_id, st.get("examples", {}), "elicitation_examples.json")  # prompts as sent, with answers
         _log_config(c, run_id, rc)
     # the data's cost, charged to every student trained on it
     return {"path": str(info.path), "manifest": m, "elicitation_run": run_id,

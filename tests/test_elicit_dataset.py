@@ -106,6 +106,12 @@ def test_every_method_produces_rows_with_stats(micro, tmp_path):
         assert st[m]["kept"] + st[m]["empty"] + st[m]["near_duplicate"] + st[m]["leaked"] == st[m]["drafts"]
         assert len(by[m]) == st[m]["kept"] and all(r["response"] for r in by[m])
     assert st["curation"]["from_documents"] == 2
+    shown = res.stats["examples"]  # what each method asked, as sent, for the elicitation run in MLflow
+    assert set(shown) == {"labeling", "expansion", "expansion-label", "curation", "curation-label",
+                          "feedback-teacher", "self_knowledge-teacher"}
+    first = shown["labeling"][0]
+    assert first["messages"][0]["role"] == "system" and first["output"] == by["labeling"][0]["response"]
+    assert shown["expansion"][0]["sampling"]["temperature"] == cfg.elicit.expansion_temperature
     pairs = [r for r in by["feedback"] if "chosen" in r]
     assert st["feedback"]["pairs"] == len(pairs) > 0 and st["feedback"]["judge"] == "likelihood"
     assert all(p["chosen"] != p["rejected"] for p in pairs)

@@ -76,6 +76,8 @@ def test_mlflow_holds_one_run_per_result(flow_run):
     elicit = next(r for r in runs if r.data.tags["kdbench.role"] == "elicitation")
     assert elicit.data.metrics["labeling.requests"] == 40
     assert "decontam.rate" in elicit.data.metrics
+    logged = {a.path for a in c.list_artifacts(elicit.info.run_id)}
+    assert {"elicitation_stats.json", "elicitation_examples.json", "dataset_manifest.json"} <= logged
 
 
 def test_rerun_reuses_everything_and_duplicates_nothing(flow_run):

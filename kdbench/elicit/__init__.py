@@ -118,7 +118,8 @@ def _run_methods(pack, teacher_ref, student_ref, cfg, home, device, methods, sam
              # the teacher's time, known only when this run generated every output it used (else None: an
              # earlier run spent time we did not measure, and 0 would understate the data's cost)
              "teacher_seconds": None if teacher.reused else round(getattr(teacher._backend, "seconds", 0.0), 2),
-             "teacher_outputs_reused": len(teacher.reused)}
+             "teacher_outputs_reused": len(teacher.reused),
+             "examples": teacher.examples}  # each method's first requests (prompts, sampling) and answers
     write_jsonl(out / "rows.jsonl", rows)
     write_json(out / "stats.json", stats)
     (out / "DONE").write_text(key)
