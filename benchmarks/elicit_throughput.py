@@ -6,7 +6,8 @@ For each backend the raw engine is driven the cheapest way (token ids straight
 into `model.generate` / `LLM.generate`, or bare concurrent HTTP requests), and
 kdbench through its backend (chat rendering, tokenization, batching, decoding,
 retries). Two models: the tiny default law teacher and a ~30M-parameter
-Llama (random weights, the law tokenizer).
+Llama (random weights, the law tokenizer). Raw and kdbench alternate; the overhead is
+the median over back-to-back pairs of (raw tok/s / kdbench tok/s - 1).
 
     python benchmarks/elicit_throughput.py [--prompts 64] [--new-tokens 64] [--backends hf,vllm,openai]
 """
@@ -18,7 +19,9 @@ import asyncio
 import json
 import os
 import socket
+import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -72,10 +75,19 @@ def n_params(path: str) -> int:
 # ---- hf ------------------------------------------------------------------------------
 
 
-def alternate(raw, kd, reps: int) -> tuple[tuple[float, int], tuple[float, int]]:
-    """raw, kdbench, raw, kdbench, ...: both see the same machine load; the fastest of each."""
+def alternate(raw, kd, reps: int) -> tuple[float, float, float]:
+    """raw, kdbench, raw, kdbench, ...: each pair runs back to back under the same machine load.
+
+    Returns the median tok/s of each side and kdbench's overhead as the median over pairs
+    of (raw tok/s / kdbench tok/s - 1): a ratio taken within a pair cancels the load
+    swings between pairs, which on a shared machine are larger than the overhead.
+    """
     runs = [(raw(), kd()) for _ in range(reps)]
-    return min(r for r, _ in runs), min(k for _, k in runs)
+    tps = [(r[1] / r[0], k[1] / k[0]) for r, k in runs]
+    print("  tok/s per repetition, raw | kdbench: " + " | ".join(f"{r:,.0f} {k:,.0f}" for r, k in tps),
+          file=sys.stderr, flush=True)
+    return (statistics.median(r for r, _ in tps), statistics.median(k for _, k in tps),
+            statistics.median(r / k - 1 for r, k in tps))
 
 
 def hf_pair(path: str, reqs, new_tokens: int, batch: int, reps: int) -> tuple[tuple[float, int], tuple[float, int]]:
@@ -130,23 +142,41 @@ def vllm_pair(path: str, reqs, new_tokens: int, home: Path, reps: int):
     tok = load_tokenizer(path)
     ids = [tok(render_messages(tok, m), add_special_tokens=False)["input_ids"] for m in reqs]
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump({"model": path, "prompts": ids, "max_tokens": new_tokens, "max_model_len": max_len(path), "reps": reps}, f)
-    out = subprocess.run([vllm_python(), str(HERE / "_vllm_raw.py"), f.name], capture_output=True, text=True,
-                         env=worker_env(home, False), check=True)
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    backend = VLLMBackend(path, max_model_len=max_len(path), home=home)
+        json.dump({"model": path, "prompts": ids, "max_tokens": new_tokens, "max_model_len": max_len(path)}, f)
+    # both engines loaded at once, driven in turn: raw, kdbench, raw, kdbench, ...
+    proc = subprocess.Popen([vllm_python(), str(HERE / "_vllm_raw.py"), f.name], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=worker_env(home, False))
+
+    def said() -> str:  # the next protocol line (the engine may print its own lines too)
+        for line in proc.stdout:
+            if line.startswith("KDB "):
+                return line[4:].strip()
+        raise RuntimeError(f"the raw vLLM process ended (exit code {proc.wait()})")
+
+    backend = None
     try:
+        assert said() == "ready"
+        backend = VLLMBackend(path, max_model_len=max_len(path), home=home)
         backend.generate(reqs[:4], Sampling(max_new_tokens=new_tokens))  # warm-up, as the raw side
-        runs = []
-        for _ in range(reps):
+
+        def raw():
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            r = json.loads(said())
+            return r["seconds"], r["tokens"]
+
+        def kd():
             backend.generated_tokens = 0
             t0 = time.perf_counter()
             backend.generate(reqs, Sampling(max_new_tokens=new_tokens))
-            runs.append((time.perf_counter() - t0, backend.generated_tokens))
-        k = min(runs)
+            return time.perf_counter() - t0, backend.generated_tokens
+
+        return alternate(raw, kd, reps)
     finally:
-        backend.close()
-    return (r["seconds"], r["tokens"]), k
+        if backend is not None:
+            backend.close()
+        proc.stdin.close()
+        proc.wait(timeout=120)
 
 
 # ---- openai (vLLM's API server) ------------------------------------------------------
@@ -221,25 +251,24 @@ def main() -> None:
     ap.add_argument("--backends", default="hf,vllm,openai")
     ap.add_argument("--models", default="tiny,30m")
     ap.add_argument("--home", default=".kdbench")
-    ap.add_argument("--reps", type=int, default=5, help="timed repetitions per side (the fastest counts)")
+    ap.add_argument("--reps", type=int, default=5, help="timed repetitions per side, alternating")
     a = ap.parse_args()
     paths = models(a.home)
     reqs = requests(a.prompts)
     home = Path(a.home).resolve()
     print(f"{len(reqs)} law prompts, greedy, up to {a.new_tokens} new tokens, float32, CPU")
-    print("| model | params | backend | raw engine tok/s | kdbench tok/s | kdbench overhead |")
+    print("| model | params | backend | raw engine tok/s (median) | kdbench tok/s (median) | kdbench overhead (median of pairs) |")
     print("|---|---|---|---|---|---|")
     for name in a.models.split(","):
         path = paths[name]
         for b in a.backends.split(","):
             if b == "hf":
-                raw, kd = hf_pair(path, reqs, a.new_tokens, a.batch, a.reps)
+                rt, kt, over = hf_pair(path, reqs, a.new_tokens, a.batch, a.reps)
             elif b == "vllm":
-                raw, kd = vllm_pair(path, reqs, a.new_tokens, home, a.reps)
+                rt, kt, over = vllm_pair(path, reqs, a.new_tokens, home, a.reps)
             else:
-                raw, kd = openai_pair(path, reqs, a.new_tokens, home, a.concurrency, a.reps)
-            rt, kt = raw[1] / raw[0], kd[1] / kd[0]
-            print(f"| {name} | {n_params(path) / 1e6:.1f}M | {b} | {rt:,.0f} | {kt:,.0f} | {100 * (1 - kt / rt):+.1f}% |",
+                rt, kt, over = openai_pair(path, reqs, a.new_tokens, home, a.concurrency, a.reps)
+            print(f"| {name} | {n_params(path) / 1e6:.1f}M | {b} | {rt:,.0f} | {kt:,.0f} | {100 * over:+.1f}% |",
                   flush=True)
 
 

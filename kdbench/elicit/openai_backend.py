@@ -1,5 +1,8 @@
 """The OpenAI-compatible teacher backend: a hosted model, or vLLM's API server.
 
+It speaks the chat completions protocol over one pooled ``httpx`` client (the
+OpenAI SDK's transport, without its per-response model parsing, which costs
+client CPU that a local server on the same machine would have used to generate).
 Requests run concurrently up to ``concurrency``. 429, 5xx, timeouts, dropped
 connections and malformed JSON are retried with exponential backoff and jitter
 (up to ``max_retries``); other 4xx errors stop with the server's message. Each
@@ -39,10 +42,6 @@ class OpenAIBackend:
 
     def __init__(self, ref: str, *, base_url: str | None = None, model: str | None = None, concurrency: int = 4,
                  timeout: float = 60.0, max_retries: int = 6, backoff: float = 0.5, **_ignored):
-        try:
-            import openai  # noqa: F401
-        except ImportError as e:
-            raise KdbenchError(f"the openai backend needs the OpenAI client: `pip install -e .[openai]` ({e})") from None
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
         self.model = model or ref
         self.concurrency, self.timeout = concurrency, timeout
@@ -52,9 +51,12 @@ class OpenAIBackend:
         self.retries = 0
 
     async def _one(self, client, sem, messages: Messages, sampling: Sampling) -> str:
-        import openai
+        import httpx
 
-        extra = {"seed": sampling.seed} if sampling.temperature > 0 else {}
+        body = {"model": self.model, "messages": messages, "max_tokens": sampling.max_new_tokens,
+                "temperature": sampling.temperature, "top_p": sampling.top_p}
+        if sampling.temperature > 0:
+            body["seed"] = sampling.seed
         last = "no attempt"
         for attempt in range(self.max_retries + 1):
             if attempt:
@@ -62,36 +64,37 @@ class OpenAIBackend:
                 await asyncio.sleep(self.backoff * 2 ** (attempt - 1) * (0.5 + random.random()))
             try:
                 async with sem:
-                    r = await client.chat.completions.create(
-                        model=self.model, messages=messages, max_tokens=sampling.max_new_tokens,
-                        temperature=sampling.temperature, top_p=sampling.top_p, **extra)
-                text = r.choices[0].message.content or ""
-            except openai.APIStatusError as e:
-                if e.status_code in RETRYABLE:
-                    last = f"HTTP {e.status_code}"
+                    r = await client.post("/chat/completions", json=body)
+                if r.status_code in RETRYABLE:
+                    last = f"HTTP {r.status_code}"
                     continue
-                raise KdbenchError(_scrub(f"teacher endpoint {self.base_url} refused the request: HTTP "
-                                          f"{e.status_code}: {str(e)[:300]}")) from None
-            except (openai.APITimeoutError, openai.APIConnectionError) as e:
+                if r.status_code >= 400:
+                    raise KdbenchError(_scrub(f"teacher endpoint {self.base_url} refused the request: HTTP "
+                                              f"{r.status_code}: {r.text[:300]}"))
+                out = r.json()
+                text = out["choices"][0]["message"]["content"] or ""
+                tokens = int((out.get("usage") or {}).get("completion_tokens") or 0)
+            except (httpx.TimeoutException, httpx.TransportError) as e:  # timeouts, refused or dropped connections
                 last = type(e).__name__
                 continue
-            except (openai.APIResponseValidationError, json.JSONDecodeError, AttributeError, IndexError,
-                    TypeError, ValueError) as e:
+            except (json.JSONDecodeError, KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
                 last = f"malformed response ({type(e).__name__})"
                 continue
-            self.generated_tokens += int(getattr(r.usage, "completion_tokens", 0) or 0)
+            self.generated_tokens += tokens
             return text.strip()
         raise KdbenchError(_scrub(f"teacher endpoint {self.base_url} failed after {self.max_retries + 1} attempts "
                                   f"(last: {last}); finished requests are cached, rerun to continue"))
 
     async def _all(self, requests, sampling, on_result):
-        import openai
+        import httpx
 
         sem = asyncio.Semaphore(self.concurrency)
         outputs: list[str | None] = [None] * len(requests)
-        client = openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key() or "EMPTY", max_retries=0,
-                                    timeout=self.timeout)
-        async with client:
+        key = api_key()
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        async with httpx.AsyncClient(base_url=self.base_url + "/", headers=headers, timeout=self.timeout,
+                                     limits=limits) as client:
             async def run(i):
                 outputs[i] = await self._one(client, sem, requests[i], sampling)
                 if on_result is not None:
