@@ -76,13 +76,21 @@ def n_params(path: str) -> int:
 
 
 def alternate(raw, kd, reps: int) -> tuple[float, float, float]:
-    """raw, kdbench, raw, kdbench, ...: each pair runs back to back under the same machine load.
+    """Pairs run back to back under the same machine load, in turn raw first and kdbench first
+    (what one run leaves behind, such as an engine still polling, then weighs on both sides alike).
 
     Returns the median tok/s of each side and kdbench's overhead as the median over pairs
     of (raw tok/s / kdbench tok/s - 1): a ratio taken within a pair cancels the load
     swings between pairs, which on a shared machine are larger than the overhead.
     """
-    runs = [(raw(), kd()) for _ in range(reps)]
+    runs = []
+    for i in range(reps):
+        if i % 2 == 0:
+            r = raw()
+            runs.append((r, kd()))
+        else:
+            k = kd()
+            runs.append((raw(), k))
     tps = [(r[1] / r[0], k[1] / k[0]) for r, k in runs]
     print("  tok/s per repetition, raw | kdbench: " + " | ".join(f"{r:,.0f} {k:,.0f}" for r, k in tps),
           file=sys.stderr, flush=True)
@@ -251,7 +259,7 @@ def main() -> None:
     ap.add_argument("--backends", default="hf,vllm,openai")
     ap.add_argument("--models", default="tiny,30m")
     ap.add_argument("--home", default=".kdbench")
-    ap.add_argument("--reps", type=int, default=5, help="timed repetitions per side, alternating")
+    ap.add_argument("--reps", type=int, default=6, help="timed repetitions per side, alternating (even: as many pairs start with each side)")
     a = ap.parse_args()
     paths = models(a.home)
     reqs = requests(a.prompts)
