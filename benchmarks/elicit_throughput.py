@@ -259,13 +259,15 @@ def main() -> None:
     ap.add_argument("--backends", default="hf,vllm,openai")
     ap.add_argument("--models", default="tiny,30m")
     ap.add_argument("--home", default=".kdbench")
-    ap.add_argument("--reps", type=int, default=6, help="timed repetitions per side, alternating (even: as many pairs start with each side)")
+    ap.add_argument("--reps", type=int, default=6,
+                    help="timed repetitions per side, alternating (even: as many pairs start with each side)")
     a = ap.parse_args()
     paths = models(a.home)
     reqs = requests(a.prompts)
     home = Path(a.home).resolve()
     print(f"{len(reqs)} law prompts, greedy, up to {a.new_tokens} new tokens, float32, CPU")
-    print("| model | params | backend | raw engine tok/s (median) | kdbench tok/s (median) | kdbench overhead (median of pairs) |")
+    print("| model | params | backend | raw engine tok/s (median) | kdbench tok/s (median) "
+          "| kdbench overhead (median of pairs) |")
     print("|---|---|---|---|---|---|")
     for name in a.models.split(","):
         path = paths[name]

@@ -144,7 +144,8 @@ def self_knowledge(ctx) -> list[dict]:
         "judge": kind, "samples": len(outs), "passed": passed, "repeated_samples": passed - len(rows),
         "kept": len(rows), "verified_by_reference": len(by_ref),
         "kept_same_as_teacher": same if kind == "likelihood" else None,  # word for word the teacher's answer
-        "temperature": e.self_knowledge_temperature, "top_p": sampling.top_p, "samples_per_seed": e.self_knowledge_samples,
+        "temperature": e.self_knowledge_temperature, "top_p": sampling.top_p,
+        "samples_per_seed": e.self_knowledge_samples,
         "warmup_epochs": warmup_config(ctx.cfg, ctx.student.ref).epochs if sampler is not ctx.student else 0,
         "sampler": sampler.ref, "filter_rate": 1 - passed / max(len(outs), 1)})
     return rows

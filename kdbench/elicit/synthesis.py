@@ -102,7 +102,8 @@ def curate(ctx) -> list[dict]:
             topics.append(topic)
         docs = [k.answer for k in pack.knowledge if k.topic == topic]
         for doc in rng.sample(docs, min(e.curation_documents_per_topic, len(docs))):
-            text = f"Domain: {pack.spec.description}\nDocument: {doc}\n{about}\nWrite only a question this document answers."
+            text = (f"Domain: {pack.spec.description}\nDocument: {doc}\n{about}\n"
+                    "Write only a question this document answers.")
             requests.append(messages_for(text, system, wrap=False))
             topics.append(topic)
     sampling = Sampling(max_new_tokens=48, temperature=e.expansion_temperature, top_p=0.95, seed=1)
