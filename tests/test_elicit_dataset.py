@@ -184,3 +184,8 @@ def test_teacher_cost_of_cached_generations(micro, tmp_path):
     assert first.stats["teacher_seconds"] > 0 and first.stats["teacher_outputs_reused"] == 0
     assert again.stats["teacher_seconds"] is None
     assert again.stats["teacher_outputs_reused"] == len(micro.pack.seeds)
+    # feedback asks for the teacher's answers again (served by labeling's cache); they are charged once
+    both = elicit(micro.pack, micro.models.teacher, cfg, tmp_path, student_ref=micro.models.student,
+                  methods=["labeling", "feedback"])
+    assert both.stats["methods"]["feedback-teacher"]["requests"] == len(micro.pack.seeds)
+    assert both.stats["teacher_tokens"] == first.stats["teacher_tokens"]  # a likelihood judge writes no text
