@@ -99,6 +99,8 @@ def cmd_algorithms(a: argparse.Namespace) -> int:
     for name, algo in ALGORITHMS.items():
         box = "white-box" if algo.white_box else "black-box"
         print(f"{name:<{width}}  {algo.family:<24} {box:<9}  {algo.summary}")
+        defaults = ", ".join(f"{k}={v}" for k, v in algo.config().model_dump().items())
+        print(f"{'':<{width}}  defaults: {defaults or 'none'}")
     return 0
 
 

@@ -2,8 +2,9 @@
 
 A training example is a (prompt, response) pair. The prompt is wrapped in the
 "Question: ...\nAnswer:" format of the pack eval tasks and rendered with the
-model's chat template when the tokenizer has one (else used as plain text), and tokenized as prompt ids + response ids + eos
-with a loss mask over the response and eos only. The dataset on disk keeps text
+model's chat template when the tokenizer has one (else used as plain text); the
+tokens are the ones the template writes for the whole exchange, with a loss
+mask over the response and its closing eos only. The dataset on disk keeps text
 (not ids) so students with different tokenizers can share it.
 """
 
@@ -44,23 +45,65 @@ def render_messages(tokenizer, messages: list[dict[str, str]]) -> str:
     return "\n\n".join(m["content"] for m in messages)
 
 
+def pad_id(tokenizer) -> int:
+    """The id a batch is padded with: the pad token, else eos."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    """Token ids of model input text, the way lm-eval and the backends encode it.
+
+    The tokenizer's own special tokens are added (a Llama-2-style tokenizer
+    prepends BOS, most chat tokenizers add nothing), unless the text already
+    starts with the BOS token, as a chat template that writes it does: one BOS,
+    never two (lm-eval's ``tok_encode`` follows the same rule).
+    """
+    bos = getattr(tokenizer, "bos_token", None)
+    return tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"]
+
+
+def encode_response(tokenizer, messages: list[dict[str, str]], response: str) -> list[int]:
+    """Token ids of ``response`` as the assistant's turn after ``messages``, closing token included.
+
+    With a chat template this is the template's own rendering of the turn (what
+    follows the generation prompt in the rendered conversation), cut after the
+    eos token that closes it; without one, " " + response + eos.
+    """
+    text = response.strip()
+    if getattr(tokenizer, "chat_template", None):
+        prompt = render_messages(tokenizer, messages)
+        full = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": text}], tokenize=False)
+        if full.startswith(prompt):
+            ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+            if tokenizer.eos_token_id in ids:
+                return ids[: ids.index(tokenizer.eos_token_id) + 1]
+            turn = tokenizer(full[len(prompt):].rstrip(), add_special_tokens=False)["input_ids"]
+            return turn + [tokenizer.eos_token_id]
+        return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return tokenizer(" " + text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
 def tokenize_example(tokenizer, prompt: str, response: str, *, system: str | None = None,
                      max_length: int = 256, wrap: bool = True) -> dict[str, list[int]]:
-    """ids = prompt ids + response ids + eos; loss_mask marks response and eos.
+    """ids = prompt ids + response ids (closing eos included); loss_mask marks the response.
 
-    Prompt and response are tokenized separately so the boundary is exact for
-    any tokenizer; an over-long prompt is cut from the left (the question's end
-    matters most), an over-long response from the right.
+    The sequence is the one the model's chat template writes for the exchange
+    (see encode_text, encode_response): the same tokens elicitation and lm-eval
+    feed the model. Prompt and response are tokenized separately so the
+    boundary is exact for any tokenizer; an over-long prompt is cut from the
+    left (a leading BOS is kept; the question's end matters most), an over-long
+    response from the right.
     """
-    p_ids = tokenizer(render_prompt(tokenizer, prompt, system, wrap=wrap), add_special_tokens=False)["input_ids"]
-    sep = "" if getattr(tokenizer, "chat_template", None) else " "
-    r_ids = tokenizer(sep + response.strip(), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None and tokenizer.bos_token else []
-    room = max_length - len(bos)
+    messages = messages_for(prompt, system, wrap=wrap)
+    p_ids = encode_text(tokenizer, render_messages(tokenizer, messages))
+    r_ids = encode_response(tokenizer, messages, response)
+    lead = p_ids[:1] if p_ids and p_ids[0] == tokenizer.bos_token_id else []
+    p_ids = p_ids[len(lead):]
+    room = max_length - len(lead)
     r_ids = r_ids[: max(room // 2, room - len(p_ids))]
     p_ids = p_ids[-(room - len(r_ids)):] if room - len(r_ids) > 0 else []
-    ids = bos + p_ids + r_ids
-    return {"input_ids": ids, "loss_mask": [0] * (len(bos) + len(p_ids)) + [1] * len(r_ids)}
+    ids = lead + p_ids + r_ids
+    return {"input_ids": ids, "loss_mask": [0] * (len(lead) + len(p_ids)) + [1] * len(r_ids)}
 
 
 def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:

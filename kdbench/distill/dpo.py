@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from kdbench.data import collate, tokenize_example
+from kdbench.data import collate, pad_id, tokenize_example
 from kdbench.distill.trainer import StepContext
+from kdbench.models.sampling import token_logprobs
 
 
 class DPOConfig(BaseModel):
@@ -28,10 +29,8 @@ class DPOConfig(BaseModel):
 
 def sequence_logprob(model, input_ids, attention_mask, loss_mask) -> torch.Tensor:
     """Sum of log q(token) over the loss-masked target tokens. [B,T] -> [B]."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
-    targets = input_ids[:, 1:]
-    lp = logits.gather(-1, targets[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)
-    return (lp * loss_mask[:, 1:]).sum(-1)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+    return (token_logprobs(logits, input_ids[:, 1:]) * loss_mask[:, 1:]).sum(-1)
 
 
 @torch.no_grad()
@@ -43,7 +42,7 @@ def prepare(rows: list[dict], tokenizer, max_length: int, student, batch_size: i
         j = tokenize_example(tokenizer, r["prompt"], r["rejected"], max_length=max_length)
         examples.append({"input_ids": c["input_ids"], "loss_mask": c["loss_mask"],
                          "rejected_input_ids": j["input_ids"], "rejected_loss_mask": j["loss_mask"]})
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     student.eval()
     for i in range(0, len(examples), batch_size):
         part = examples[i : i + batch_size]

@@ -27,8 +27,9 @@ Teacher logits may also be a :class:`TopK` (ids and log-probabilities of the
 teacher's k most likely tokens, from the feature-elicitation cache). The
 divergence is then taken between the (k+1)-bin coarsenings of p and q: the k
 listed tokens plus one bin holding the rest of the mass, so the missing tail is
-accounted for instead of silently dropped. Cached log-probs are used as stored
-(they were computed at the temperature recorded in the cache).
+accounted for instead of silently dropped. Cached log-probs are stored at tau = 1
+and tempered here like the dense teacher (see :func:`temper_topk`), so both
+distributions always see the same temperature.
 """
 
 from __future__ import annotations
@@ -87,11 +88,14 @@ def rkl_terms(ls, lt):
 def jsd_terms(ls, lt, beta: float = 0.5):
     """Generalised JSD: beta KL(p || M) + (1 - beta) KL(q || M), M = beta p + (1 - beta) q.
 
-    Equals its limit 0 at beta = 0 and beta = 1 (M collapses onto q or p), so the
-    loss is continuous in beta; it does not jump to a plain KL at the ends.
+    At the ends it is what GKD's authors and TRL's ``generalized_jsd_loss`` take it to
+    be: beta = 0 is forward KL(p || q), beta = 1 reverse KL(q || p). (The formula
+    itself collapses to 0 there, which would train on a loss of exactly zero.)
     """
-    if beta <= 0.0 or beta >= 1.0:
-        return ls.new_zeros(ls.shape[:-1]), torch.zeros_like(ls)
+    if beta <= 0.0:
+        return fkl_terms(ls, lt)
+    if beta >= 1.0:
+        return rkl_terms(ls, lt)
     lm = _mix(lt, ls, beta)
     t_part = (lt.exp() * (lt - lm)).sum(-1)
     q_log = (ls - lm).mul_(ls.exp())  # q log(q / M)
@@ -115,21 +119,47 @@ def skl_terms(ls, lt, alpha: float = 0.1):
 
 
 def srkl_terms(ls, lt, alpha: float = 0.1):
-    """Skew reverse KL (DistiLLM): KL(q || (1 - alpha) q + alpha p)."""
-    lm = _mix(lt, ls, alpha)
+    """Skew reverse KL (DistiLLM): KL(q || alpha q + (1 - alpha) p).
+
+    The mixture leans on the teacher, as DistiLLM's ``skewed_reverse_kl`` builds it
+    (``(1 - lam) * teacher + lam * student``): alpha = 0 is reverse KL, alpha = 1 is 0.
+    dD/dq = log(q / M) + 1 - alpha q / M, so q dD/dq = q (log(q / M) + 1) - alpha q^2 / M.
+    """
+    lm = _mix(ls, lt, alpha)  # log(alpha q + (1 - alpha) p)
     q = ls.exp()
     log_ratio = ls - lm
     d = (q * log_ratio).sum(-1)
-    h = (2 * ls).sub_(lm).exp_().mul_(-(1.0 - alpha))  # -(1 - alpha) q^2 / M
+    h = (2 * ls).sub_(lm).exp_().mul_(-alpha)  # -alpha q^2 / M
     return d, h.add_(log_ratio.add_(1.0).mul_(q))
 
 
 # ---- chunked driver -----------------------------------------------------------------
 
 
-def _teacher_rows(teacher, idx: torch.Tensor, temperature: float):
+def temper_topk(lp_k: torch.Tensor, vocab: int, temperature: float) -> torch.Tensor:
+    """Top-k log-probs of softmax(teacher / tau), from the top-k log-probs at tau = 1. [n,k] -> [n,k]
+
+    The listed tokens are tempered exactly (p_i^(1/tau), renormalised). The tail's
+    total mass is known but not how it splits over its V - k tokens; it is taken
+    to be spread evenly (each holds tail / (V - k)) and tempered like that. With
+    k = V there is no tail and the result equals the dense tempered teacher.
+    """
+    if temperature == 1.0:
+        return lp_k
+    head = lp_k / temperature
+    rest = vocab - lp_k.shape[-1]
+    if rest <= 0:
+        return head - torch.logsumexp(head, dim=-1, keepdim=True)
+    tail = torch.log(-torch.expm1(torch.logsumexp(lp_k, dim=-1, keepdim=True).clamp_max(0.0)))
+    tail = tail.clamp_min(math.log(TAIL_FLOOR))
+    tail_tau = math.log(rest) + (tail - math.log(rest)) / temperature
+    return head - torch.logsumexp(torch.cat([head, tail_tau], dim=-1), dim=-1, keepdim=True)
+
+
+def _teacher_rows(teacher, idx: torch.Tensor, temperature: float, vocab: int):
     if isinstance(teacher, TopK):
-        return teacher.ids.index_select(0, idx), teacher.logprobs.index_select(0, idx).float()
+        lp = teacher.logprobs.index_select(0, idx).float()
+        return teacher.ids.index_select(0, idx), temper_topk(lp, vocab, temperature)
     rows = teacher.index_select(0, idx).float()
     return F.log_softmax(rows if temperature == 1.0 else rows.div_(temperature), dim=-1).clamp_min_(_FLOOR)
 
@@ -179,13 +209,14 @@ class _ChunkedDivergence(torch.autograd.Function):
         # student [N,V]; teacher dense [N,V] or (ids [N,k], logprobs [N,k]); weights [N] float32
         teacher = TopK(teacher_ids, teacher_lp) if teacher_dense is None else teacher_dense
         needs_grad = ctx.needs_input_grad[0]
+        V = student.shape[-1]
         grad = torch.zeros_like(student) if needs_grad else None
         total = torch.zeros((), dtype=torch.float32, device=student.device)
         rows = weights.nonzero().squeeze(-1)
         for start in range(0, rows.numel(), chunk):
             idx = rows[start : start + chunk]
             w = weights.index_select(0, idx)
-            d, g = _chunk(terms, student.index_select(0, idx).float(), _teacher_rows(teacher, idx, temperature),
+            d, g = _chunk(terms, student.index_select(0, idx).float(), _teacher_rows(teacher, idx, temperature, V),
                           temperature, needs_grad)
             total += (d * w).sum()
             if needs_grad:
@@ -238,7 +269,8 @@ def rkl(student_logits, teacher_logits, mask, *, temperature=1.0, chunk_size=DEF
 
 
 def jsd(student_logits, teacher_logits, mask, *, temperature=1.0, beta=0.5, chunk_size=DEFAULT_CHUNK):
-    """Generalised Jensen-Shannon divergence with weight beta on the teacher (GKD)."""
+    """Generalised Jensen-Shannon divergence with weight beta on the teacher (GKD); beta = 0 is forward KL,
+    beta = 1 reverse KL (TRL's convention)."""
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be in [0, 1], got {beta}")
     return divergence(lambda ls, lt: jsd_terms(ls, lt, beta), student_logits, teacher_logits, mask,
@@ -260,7 +292,7 @@ def skl(student_logits, teacher_logits, mask, *, temperature=1.0, alpha=0.1, chu
 
 
 def srkl(student_logits, teacher_logits, mask, *, temperature=1.0, alpha=0.1, chunk_size=DEFAULT_CHUNK):
-    """Skew reverse KL(q || (1 - alpha) q + alpha p) (DistiLLM, default alpha = 0.1)."""
+    """Skew reverse KL(q || alpha q + (1 - alpha) p) (DistiLLM, default alpha = 0.1)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     return divergence(lambda ls, lt: srkl_terms(ls, lt, alpha), student_logits, teacher_logits, mask,

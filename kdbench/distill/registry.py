@@ -40,14 +40,15 @@ ALGORITHMS: dict[str, Algorithm] = {
                      sft.sft_step, sft.SFTConfig, white_box=False),
     "fkl": _div("fkl", "forward KL(p||q) to the teacher's token distributions (word-level KD)"),
     "rkl": _div("rkl", "reverse KL(q||p): mode-seeking, on the teacher's text"),
-    "jsd": _div("jsd", "generalised Jensen-Shannon divergence, weight beta on the teacher"),
+    "jsd": _div("jsd", "generalised Jensen-Shannon divergence, weight beta on the teacher (beta = 0: forward "
+                "KL, beta = 1: reverse KL, as TRL and GKD define the ends)"),
     "tvd": _div("tvd", "total variation distance between token distributions"),
     "skl": _div("skl", "DistiLLM skew KL(p || a p + (1-a) q)"),
-    "srkl": _div("srkl", "DistiLLM skew reverse KL(q || (1-a) q + a p)"),
+    "srkl": _div("srkl", "DistiLLM skew reverse KL(q || a q + (1-a) p): the mixture leans on the teacher"),
     "gkd": Algorithm("gkd", "divergence (on-policy)", "GKD: a fraction lambda of batches on the student's own samples",
                      gkd.gkd_step, gkd.GKDConfig, white_box=True, teacher_model=True),
-    "minillm": Algorithm("minillm", "reinforcement learning", "MiniLLM: reverse KL by policy gradient, teacher-mixed "
-                         "sampling, length-normalised rewards", minillm.minillm_step, minillm.MiniLLMConfig,
+    "minillm": Algorithm("minillm", "reinforcement learning", "MiniLLM: reverse KL by PPO-clipped policy gradient on "
+                         "teacher-mixed samples, plus the exact single-step KL (reference defaults)", minillm.minillm_step, minillm.MiniLLMConfig,
                          white_box=True, teacher_model=True),
     "dpo": Algorithm("dpo", "rank optimization", "DPO on pairs the teacher judged (its answer vs the student's)",
                      dpo.dpo_step, dpo.DPOConfig, white_box=False, data="pairs", needs_methods=("feedback",),

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from kdbench.data import collate
+from kdbench.data import collate, pad_id
 from kdbench.errors import KdbenchError, NonFiniteLossError
 
 
@@ -140,10 +140,13 @@ def train(student, tokenizer, examples: list[dict], step_fn: StepFn, *, cfg, out
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(examples) / cfg.batch_size))
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
-    student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
-    for m in extra.values():
-        if isinstance(m, torch.nn.Module):
-            m.to(dev)
+    # modules an algorithm trains beside the student (hidden's projections) are prepared with it, so under
+    # several processes their gradients synchronise too
+    modules = [k for k, m in extra.items() if isinstance(m, torch.nn.Module)]
+    student, optimizer, scheduler, *prepared = accelerator.prepare(student, optimizer, scheduler,
+                                                                   *[extra[k] for k in modules])
+    extra = {**extra, **dict(zip(modules, prepared, strict=True))}
+    unwrapped = {k: accelerator.unwrap_model(extra[k]) for k in modules}  # what checkpoints hold
     if teacher is not None:
         teacher.to(dev).eval().requires_grad_(False)
 
@@ -152,7 +155,7 @@ def train(student, tokenizer, examples: list[dict], step_fn: StepFn, *, cfg, out
     start = 0
     if (ckpt / "step.json").exists():
         try:
-            start = _load_checkpoint(ckpt, accelerator.unwrap_model(student), optimizer, scheduler, extra)
+            start = _load_checkpoint(ckpt, accelerator.unwrap_model(student), optimizer, scheduler, unwrapped)
             print(f"[kdbench] {desc}: resuming from the checkpoint at step {start}/{total}")
         except Exception as e:  # a truncated or corrupted file: keep it for inspection, start over
             aside = ckpt.with_name(f"checkpoint.corrupt-{int(time.time())}")
@@ -164,7 +167,7 @@ def train(student, tokenizer, examples: list[dict], step_fn: StepFn, *, cfg, out
     ctx = StepContext(student=student, teacher=teacher, tokenizer=tokenizer, hp=hp, device=dev,
                       generator=torch.Generator().manual_seed(seed), extra=extra)
     order = _batch_order([len(e["input_ids"]) for e in examples], cfg.batch_size, total, seed)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     tokens, loss_val, t0 = 0, float("nan"), time.perf_counter()
     last_saved = start if start else None
     student.train()
@@ -192,7 +195,7 @@ def train(student, tokenizer, examples: list[dict], step_fn: StepFn, *, cfg, out
                               **{f"train.{k}": v for k, v in logs.items()}})
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
             try:
-                _save_checkpoint(ckpt, accelerator.unwrap_model(student), optimizer, scheduler, step + 1, extra)
+                _save_checkpoint(ckpt, accelerator.unwrap_model(student), optimizer, scheduler, step + 1, unwrapped)
             except OSError as e:
                 kept = f"the checkpoint at step {last_saved} is kept" if last_saved else "no earlier checkpoint exists"
                 raise KdbenchError(f"{desc}: could not write the checkpoint at step {step + 1} in {ckpt} ({e}); "

@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
-from kdbench.data import render_messages
+from kdbench.data import collate, encode_response, encode_text, pad_id, render_messages
 from kdbench.errors import ConfigError
+from kdbench.models.sampling import sample, token_logprobs
 
 Messages = list[dict[str, str]]
 
@@ -49,62 +50,41 @@ class HFBackend:
 
     @torch.inference_mode()
     def generate(self, requests: list[Messages], sampling: Sampling, desc: str = "generate") -> list[str]:
+        """Greedy, or samples from the model's own softmax(logits / temperature) with top_p: nothing from the
+        model's generation_config (top_k, repetition penalty, ...) bends the draws (kdbench.models.sampling)."""
         tok = self.tokenizer
-        ids = [tok(render_messages(tok, m), add_special_tokens=False)["input_ids"] for m in requests]
+        ids = [encode_text(tok, render_messages(tok, m)) for m in requests]
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         outputs: list[str] = [""] * len(ids)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         gen = torch.Generator(device="cpu").manual_seed(sampling.seed)
         bar = tqdm(range(0, len(order), self.batch_size), desc=desc, dynamic_ncols=True, mininterval=1.0)
         for start in bar:
             batch = order[start : start + self.batch_size]
-            width = max(len(ids[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            attn = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):  # left padding: generation continues at the right edge
-                input_ids[row, width - len(ids[i]):] = torch.tensor(ids[i])
-                attn[row, width - len(ids[i]):] = 1
-            kwargs = dict(max_new_tokens=sampling.max_new_tokens, pad_token_id=pad, eos_token_id=tok.eos_token_id)
-            if sampling.temperature > 0:
-                torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-                kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
-            else:
-                kwargs.update(do_sample=False)
             t0 = time.perf_counter()
-            out = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=attn.to(self.device),
-                                      **kwargs)
+            conts, _ = sample(self.model, [ids[i] for i in batch], max_new_tokens=sampling.max_new_tokens,
+                              eos=tok.eos_token_id, pad=pad_id(tok), temperature=sampling.temperature,
+                              top_p=sampling.top_p, generator=gen)
             self.seconds += time.perf_counter() - t0
-            new = out[:, width:].cpu()
-            for row, i in enumerate(batch):
-                toks = new[row]
-                keep = toks[toks != pad] if pad != tok.eos_token_id else toks
-                stop = (keep == tok.eos_token_id).nonzero()
-                keep = keep[: int(stop[0])] if len(stop) else keep
-                self.generated_tokens += len(keep)
-                outputs[i] = tok.decode(keep, skip_special_tokens=True).strip()
+            for i, c in zip(batch, conts, strict=True):
+                self.generated_tokens += len(c)
+                outputs[i] = tok.decode(c, skip_special_tokens=True).strip()
             bar.set_postfix(tok_s=f"{self.generated_tokens / max(self.seconds, 1e-9):,.0f}")
         return outputs
-
 
     @torch.inference_mode()
     def score(self, requests: list[Messages], responses: list[str], desc: str = "score") -> list[tuple[float, int]]:
         """(sum of log-probs, token count) of each response given its request: the teacher as judge."""
-        from kdbench.data import collate
-
         tok = self.tokenizer
-        sep = "" if getattr(tok, "chat_template", None) else " "
         examples = []
         for m, r in zip(requests, responses, strict=True):
-            p_ids = tok(render_messages(tok, m), add_special_tokens=False)["input_ids"]
-            r_ids = tok(sep + r.strip(), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            p_ids, r_ids = encode_text(tok, render_messages(tok, m)), encode_response(tok, m, r)
             examples.append({"input_ids": p_ids + r_ids, "loss_mask": [0] * len(p_ids) + [1] * len(r_ids)})
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         out: list[tuple[float, int]] = []
         for start in tqdm(range(0, len(examples), self.batch_size), desc=desc, dynamic_ncols=True, mininterval=1.0):
-            b = {k: v.to(self.device) for k, v in collate(examples[start : start + self.batch_size], pad).items()}
-            logits = self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].float()
-            targets = b["input_ids"][:, 1:]
-            lp = logits.gather(-1, targets[..., None])[..., 0] - torch.logsumexp(logits, -1)
+            b = {k: v.to(self.device) for k, v in collate(examples[start : start + self.batch_size],
+                                                          pad_id(tok)).items()}
+            logits = self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
+            lp = token_logprobs(logits, b["input_ids"][:, 1:])
             mask = b["loss_mask"][:, 1:]
             out += [(float(s), int(n)) for s, n in zip((lp * mask).sum(-1).tolist(), mask.sum(-1).tolist(),
                                                        strict=True)]

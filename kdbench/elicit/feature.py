@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from kdbench.data import collate, tokenize_example
+from kdbench.data import collate, pad_id, tokenize_example
 from kdbench.models.loading import load_model
 
 
@@ -38,7 +38,7 @@ def write_topk(rows: list[dict], teacher_ref: str, out: Path, *, k: int, max_len
     ids_mm = np.lib.format.open_memmap(out / "ids.npy", mode="w+", dtype=id_dtype, shape=(total, k))
     lp_mm = np.lib.format.open_memmap(out / "logprobs.npy", mode="w+", dtype=np.float16, shape=(total, k))
     index, offset = {}, 0
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_id(tok)
     for start in tqdm(range(0, len(examples), batch_size), desc="feature: teacher top-k", dynamic_ncols=True,
                       mininterval=1.0):
         part = examples[start : start + batch_size]

@@ -51,7 +51,10 @@ class CachedModel:
     def key(self, method: str, messages: Messages, sampling: Sampling) -> str:
         # The backend is not part of the key: greedy outputs agree across backends,
         # and a cache filled by one backend should serve the others.
-        return content_hash(self.identity, method, messages, sampling.as_dict())
+        # Sampled answers drawn since samplers stopped applying a model's generation_config (top_k and the
+        # like, kdbench.models.sampling) are keyed apart from those drawn before; greedy keys are unchanged.
+        pure = ("pure-sampling",) if sampling.temperature > 0 else ()
+        return content_hash(self.identity, method, messages, sampling.as_dict(), *pure)
 
     def generate(self, method: str, requests: list[Messages], sampling: Sampling, chunk: int = 256,
                  account: str | None = None) -> list[str]:

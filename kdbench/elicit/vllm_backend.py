@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from kdbench.data import render_messages
+from kdbench.data import encode_response, encode_text, render_messages
 from kdbench.elicit.backends import Messages, Sampling
 from kdbench.errors import KdbenchError
 
@@ -105,7 +105,7 @@ class VLLMBackend:
 
     def _ids(self, requests: list[Messages]) -> list[list[int]]:
         tok = self.tokenizer
-        return [tok(render_messages(tok, m), add_special_tokens=False)["input_ids"] for m in requests]
+        return [encode_text(tok, render_messages(tok, m)) for m in requests]
 
     def generate(self, requests: list[Messages], sampling: Sampling, desc: str = "generate") -> list[str]:
         tok, prompts, texts = self.tokenizer, self._ids(requests), []
@@ -124,10 +124,9 @@ class VLLMBackend:
 
     def score(self, requests: list[Messages], responses: list[str], desc: str = "score") -> list[tuple[float, int]]:
         tok = self.tokenizer
-        sep = "" if getattr(tok, "chat_template", None) else " "
         prompts, spans = [], []
-        for p, r in zip(self._ids(requests), responses, strict=True):
-            resp = tok(sep + r.strip(), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        for p, m, r in zip(self._ids(requests), requests, responses, strict=True):
+            resp = encode_response(tok, m, r)
             prompts.append(p + resp)
             spans.append((len(p), len(p) + len(resp)))
         out = self._call({"op": "score", "prompts": prompts, "spans": spans})

@@ -33,13 +33,17 @@ def main() -> None:
             if op == "init":
                 from vllm import LLM
 
-                llm = LLM(**req)
+                # generation_config="vllm": the model's generation_config.json sets no sampling default
+                llm = LLM(generation_config="vllm", **req)
                 out = {"ok": True}
             elif op == "generate":
                 from vllm import SamplingParams
 
+                # the model's own distribution: every other sampling knob explicitly neutral
                 params = SamplingParams(max_tokens=req["max_tokens"], temperature=req["temperature"],
-                                        top_p=req["top_p"], seed=req.get("seed"), detokenize=False)
+                                        top_p=req["top_p"], top_k=0, min_p=0.0, repetition_penalty=1.0,
+                                        presence_penalty=0.0, frequency_penalty=0.0, seed=req.get("seed"),
+                                        detokenize=False)
                 t0 = time.perf_counter()
                 res = llm.generate([{"prompt_token_ids": p} for p in req["prompts"]], params, use_tqdm=False)
                 out = {"token_ids": [list(r.outputs[0].token_ids) for r in res], "seconds": time.perf_counter() - t0}
