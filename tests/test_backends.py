@@ -39,17 +39,30 @@ def hf_outputs(micro):
     return reqs, HFBackend(micro.models.teacher).generate(reqs, Sampling(max_new_tokens=16))
 
 
-def test_vllm_greedy_matches_hf_and_scores_agree(micro, hf_outputs):
+def test_vllm_greedy_matches_hf_and_scores_agree(micro, hf_outputs, tmp_path):
+    """On a copy of the teacher whose generation_config.json asks for top_k = 1 and a repetition penalty: vLLM's
+    greedy outputs still equal hf's (the penalty would change them), and its samples are the model's own (top_k = 1
+    would make every sample the greedy answer)."""
+    import json
+    import shutil
+
     from kdbench.elicit.vllm_backend import VLLMBackend
 
     _vllm_python()
     reqs, hf = hf_outputs
-    v = VLLMBackend(micro.models.teacher, max_model_len=128, home=micro.tmp / "vllm")
+    bent = tmp_path / "bent-teacher"
+    shutil.copytree(micro.models.teacher, bent)
+    gen = json.loads((bent / "generation_config.json").read_text()) if (bent / "generation_config.json").exists() else {}
+    (bent / "generation_config.json").write_text(json.dumps({**gen, "do_sample": True, "top_k": 1,
+                                                             "repetition_penalty": 5.0}))
+    v = VLLMBackend(str(bent), max_model_len=128, home=micro.tmp / "vllm")
     try:
         assert v.generate(reqs, Sampling(max_new_tokens=16)) == hf
         got, want = v.score(reqs, hf), HFBackend(micro.models.teacher).score(reqs, hf)
         for (a, n), (b, m) in zip(got, want, strict=True):
             assert n == m and a == pytest.approx(b, abs=1e-3)
+        sampled = v.generate(reqs, Sampling(max_new_tokens=16, temperature=2.0, seed=5))
+        assert sum(s != h for s, h in zip(sampled, hf, strict=True)) >= len(reqs) - 1
     finally:
         v.close()
 
