@@ -9,8 +9,9 @@ from kdbench.cli import main
 
 
 def kdbench(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "kdbench.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "kdbench.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def test_algorithms_lists_each_with_one_line(capsys):
@@ -35,13 +36,22 @@ def test_packs_list_and_validate(capsys):
     assert main(["packs", "validate"]) == 0
 
 
-@pytest.mark.parametrize("args, message", [
-    (["run", "lwa"], "unknown pack 'lwa' (did you mean 'law'?); packs found:"),
-    (["run", "law", "--algorithms", "sft,fkk"], "unknown algorithm 'fkk' (did you mean 'fkl'?); available: sft, fkl"),
-    (["run", "law", "--methods", "labelling"], "unknown method 'labelling'"),
-    (["run", "law", "--set", "distill.hparams.fkl.temprature=2"], "distill.hparams.fkl"),
-    (["run", "law", "--set", "distill.train.epoch=2"], "key distill.train.epoch: unknown key (did you mean 'epochs'?)"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "lwa"], "unknown pack 'lwa' (did you mean 'law'?); packs found:"),
+        (
+            ["run", "law", "--algorithms", "sft,fkk"],
+            "unknown algorithm 'fkk' (did you mean 'fkl'?); available: sft, fkl",
+        ),
+        (["run", "law", "--methods", "labelling"], "unknown method 'labelling'"),
+        (["run", "law", "--set", "distill.hparams.fkl.temprature=2"], "distill.hparams.fkl"),
+        (
+            ["run", "law", "--set", "distill.train.epoch=2"],
+            "key distill.train.epoch: unknown key (did you mean 'epochs'?)",
+        ),
+    ],
+)
 def test_bad_input_fails_fast_and_writes_nothing(tmp_path, args, message):
     home = tmp_path / "home"
     r = kdbench(*args, "--home", str(home), cwd=tmp_path)

@@ -9,9 +9,12 @@ from kdbench.config import load_config
 pytestmark = pytest.mark.slow
 
 TINY = {
-    "tiny": {"vocab_size": 1024, "teacher_epochs": 4,
-             "teacher": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128},
-             "student": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}},
+    "tiny": {
+        "vocab_size": 1024,
+        "teacher_epochs": 4,
+        "teacher": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128},
+        "student": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
+    },
     "elicit": {"limit": 40, "max_new_tokens": 24},
     "eval": {"limit": 16, "max_gen_toks": 16},
     "distill": {"algorithms": ["sft", "fkl"], "seeds": [0, 1], "train": {"epochs": 1, "save_every": 3}},
@@ -48,18 +51,37 @@ def test_mlflow_holds_one_run_per_result(flow_run):
     cfg, first, _ = flow_run
     c, runs = _runs(cfg)
     roles = sorted(r.data.tags["kdbench.role"] for r in runs)
-    assert roles == ["elicitation", "student_after", "student_after", "student_after", "student_after",
-                     "student_before", "teacher"]
+    assert roles == [
+        "elicitation",
+        "student_after",
+        "student_after",
+        "student_after",
+        "student_after",
+        "student_before",
+        "teacher",
+    ]
     assert all(r.info.status == "FINISHED" for r in runs)
     after = [r for r in runs if r.data.tags["kdbench.role"] == "student_after"]
     assert sorted((r.data.tags["kdbench.algorithm"], r.data.tags["kdbench.seed"]) for r in after) == [
-        ("fkl", "0"), ("fkl", "1"), ("sft", "0"), ("sft", "1")]
+        ("fkl", "0"),
+        ("fkl", "1"),
+        ("sft", "0"),
+        ("sft", "1"),
+    ]
     for r in after:
         tags, m, p = r.data.tags, r.data.metrics, r.data.params
         for t in ("kdbench.pack", "kdbench.teacher", "kdbench.student", "kdbench.data_hash", "kdbench.code_version"):
             assert tags[t], t
-        for name in ("law_mc.acc", "law_mc.acc_norm", "law_qa.rougeL", "law_qa.exact_match",
-                     "law_mc.acc.gap", "law_mc.acc.retention", "cost.train_tokens", "cost.peak_mem_mb"):
+        for name in (
+            "law_mc.acc",
+            "law_mc.acc_norm",
+            "law_qa.rougeL",
+            "law_qa.exact_match",
+            "law_mc.acc.gap",
+            "law_mc.acc.retention",
+            "cost.train_tokens",
+            "cost.peak_mem_mb",
+        ):
             assert name in m, name
         assert p["algorithm"] == tags["kdbench.algorithm"] and int(p["seed"]) == int(tags["kdbench.seed"])
         artifacts = {a.path for a in c.list_artifacts(r.info.run_id)}

@@ -12,7 +12,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from kdbench.distill.losses import DEFAULT_CHUNK, DIVERGENCES, TopK, causal_lm_ce, shift
-from kdbench.distill.trainer import StepContext
+from kdbench.training import StepContext
 
 
 class DivergenceConfig(BaseModel):

@@ -12,11 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kdbench.backends import Messages, Sampling, make_backend, resolve_backend_name
 from kdbench.data import content_hash
-from kdbench.elicit.backends import Messages, Sampling, make_backend, resolve_backend_name
 from kdbench.elicit.cache import GenerationCache
 from kdbench.errors import ConfigError
-from kdbench.models.loading import identity
+from kdbench.log import get_logger
+from kdbench.models.loading import identity, load_tokenizer
+
+log = get_logger(__name__)
 
 
 EXAMPLES = 3  # requests kept per method to show what was asked
@@ -56,8 +59,9 @@ class CachedModel:
         pure = ("pure-sampling",) if sampling.temperature > 0 else ()
         return content_hash(self.identity, method, messages, sampling.as_dict(), *pure)
 
-    def generate(self, method: str, requests: list[Messages], sampling: Sampling, chunk: int = 256,
-                 account: str | None = None) -> list[str]:
+    def generate(
+        self, method: str, requests: list[Messages], sampling: Sampling, chunk: int = 256, account: str | None = None
+    ) -> list[str]:
         """Answers to ``requests``, cached under ``method``; counted in ``stats`` under ``account`` or ``method``."""
         keys = [self.key(method, m, sampling) for m in requests]
         todo = [i for i, k in enumerate(keys) if k not in self.cache]
@@ -69,22 +73,26 @@ class CachedModel:
         st["requests"] += len(requests)
         st["cached"] += len(requests) - len(todo)
         if todo and len(todo) < len(requests):
-            print(f"[kdbench] {method}: reusing {len(requests) - len(todo)} cached generations, "
-                  f"generating {len(todo)}")
+            log.info(f"{method}: reusing {len(requests) - len(todo)} cached generations, generating {len(todo)}")
         streaming = getattr(self.backend, "name", "") == "openai"  # slow, failure-prone: cache every answer
         for start in range(0, len(todo), chunk):
             part = todo[start : start + chunk]
-            extra = {"on_result": lambda j, o, part=part: self.cache.put_many([(keys[part[j]], o)])} if streaming else {}
-            outs = self.backend.generate([requests[i] for i in part], sampling,
-                                         desc=f"{method} ({start + len(part)}/{len(todo)})", **extra)
+            extra = (
+                {"on_result": lambda j, o, part=part: self.cache.put_many([(keys[part[j]], o)])} if streaming else {}
+            )
+            outs = self.backend.generate(
+                [requests[i] for i in part], sampling, desc=f"{method} ({start + len(part)}/{len(todo)})", **extra
+            )
             if not streaming:
                 self.cache.put_many([(keys[i], o) for i, o in zip(part, outs, strict=True)])
             st["generated"] += len(part)
             self._fresh.update(keys[i] for i in part)
         outs = [self.cache.get(k) for k in keys]
         shown = self.examples.setdefault(account or method, [])
-        shown += [{"messages": m, "sampling": sampling.as_dict(), "output": o}
-                  for m, o in zip(requests[: EXAMPLES - len(shown)], outs, strict=False)]
+        shown += [
+            {"messages": m, "sampling": sampling.as_dict(), "output": o}
+            for m, o in zip(requests[: EXAMPLES - len(shown)], outs, strict=False)
+        ]
         for k, o in zip(keys, outs, strict=True):
             if k not in self._tokens_of:  # an answer asked for again (feedback reusing labeling's) is not charged twice
                 self._tokens_of[k] = self._count_tokens(o)
@@ -100,11 +108,10 @@ class CachedModel:
         if self._tokenizer is None:  # the backend's, when it has loaded one; else loaded for counting alone
             self._tokenizer = getattr(self._backend, "tokenizer", None)
         if self._tokenizer is None:
-            from kdbench.models.loading import load_tokenizer
-
             try:
-                self._tokenizer = load_tokenizer(self.ref, revision=self.cfg.models.revision,
-                                                 trust_remote_code=self.cfg.models.trust_remote_code)
+                self._tokenizer = load_tokenizer(
+                    self.ref, revision=self.cfg.models.revision, trust_remote_code=self.cfg.models.trust_remote_code
+                )
             except Exception:  # an API model name: no local tokenizer
                 self._tokenizer = False
         if self._tokenizer is False:
@@ -120,20 +127,10 @@ class CachedModel:
         if todo:
             if not hasattr(self.backend, "score"):
                 raise ConfigError(f"the {self.backend_name} backend cannot score answers; use elicit.judge: prompt")
-            got = self.backend.score([requests[i] for i in todo], [responses[i] for i in todo],
-                                     desc=f"{method}: judge")
+            got = self.backend.score([requests[i] for i in todo], [responses[i] for i in todo], desc=f"{method}: judge")
             self.cache.put_many([(keys[i], json.dumps(g)) for i, g in zip(todo, got, strict=True)])
         return [tuple(json.loads(self.cache.get(k))) for k in keys]
 
     @property
     def generated_tokens(self) -> int:
         return getattr(self._backend, "generated_tokens", 0)
-
-
-def teacher_system(pack, method: str) -> str:
-    """The pack's system prompt, plus its instruction for ``method`` when it has one."""
-    instruction = pack.spec.teacher.instructions.get(method, "").strip()
-    return pack.spec.teacher.system_prompt.strip() + (f"\n{instruction}" if instruction else "")
-
-
-Teacher = CachedModel  # the common case, by its role

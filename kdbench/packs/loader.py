@@ -96,6 +96,11 @@ class DomainPack:
     def task(self, name: str):
         return next(t for t in self.spec.eval.tasks if t.name == name)
 
+    def teacher_system(self, method: str) -> str:
+        """The pack's system prompt for the teacher, plus its instruction for ``method`` when it has one."""
+        instruction = self.spec.teacher.instructions.get(method, "").strip()
+        return self.spec.teacher.system_prompt.strip() + (f"\n{instruction}" if instruction else "")
+
     def counts(self) -> dict[str, int]:
         out = {"knowledge": len(self.knowledge), "seeds": len(self.seeds)}
         out.update({t: len(items) for t, items in self.eval_items.items()})
@@ -189,8 +194,11 @@ def _read_spec(root: Path, errors: _Errors) -> PackSpec | None:
             errors.add(path, f"line {line}: key {key}" if line else f"key {key}", msg)
         return None
     if spec.name != root.name:
-        errors.add(path, f"line {_yaml_line(node, ('name',))}: key name",
-                   f"name {spec.name!r} must equal the folder name {root.name!r}")
+        errors.add(
+            path,
+            f"line {_yaml_line(node, ('name',))}: key name",
+            f"name {spec.name!r} must equal the folder name {root.name!r}",
+        )
     return spec
 
 
@@ -224,16 +232,21 @@ def _read_jsonl(path: Path, model: type[BaseModel], errors: _Errors, topics: lis
                 continue
             first_line[item.id] = lineno
             if item.topic not in topics:
-                errors.add(path, f"line {lineno}: key topic",
-                           f"{item.topic!r} is not one of the pack's topics{did_you_mean(item.topic, topics)} {topics}")
+                errors.add(
+                    path,
+                    f"line {lineno}: key topic",
+                    f"{item.topic!r} is not one of the pack's topics{did_you_mean(item.topic, topics)} {topics}",
+                )
             items.append(item)
     return items
 
 
-def _check_task_yaml(pack_root: Path, eval_dir: Path, task_name: str, errors: _Errors) -> None:
+def _check_task_yaml(eval_dir: Path, task_name: str, errors: _Errors) -> None:
     path = eval_dir / f"{task_name}.yaml"
     if not path.is_file():
-        errors.add(path, "", f"missing lm-eval task file for task {task_name!r}; `kdbench packs new` shows the template")
+        errors.add(
+            path, "", f"missing lm-eval task file for task {task_name!r}; `kdbench packs new` shows the template"
+        )
         return
     try:
         cfg = yaml.load(path.read_text(encoding="utf-8"), Loader=_TolerantLoader)  # noqa: S506 (safe subclass)
@@ -256,14 +269,20 @@ def _generated_seeds(spec: PackSpec, root: Path, errors: _Errors) -> list[SeedIt
     out = []
     for i, g in enumerate(spec.generators):
         if g.name not in GENERATORS:
-            errors.add(root / "pack.yaml", f"key generators.{i}.name",
-                       f"unknown generator {g.name!r}{did_you_mean(g.name, GENERATORS)}; known: {sorted(GENERATORS)}")
+            errors.add(
+                root / "pack.yaml",
+                f"key generators.{i}.name",
+                f"unknown generator {g.name!r}{did_you_mean(g.name, GENERATORS)}; known: {sorted(GENERATORS)}",
+            )
             continue
         gen = GENERATORS[g.name]
         topic = g.topic or gen.default_topic
         if topic not in spec.topics:
-            errors.add(root / "pack.yaml", f"key generators.{i}.topic",
-                       f"topic {topic!r} is not one of the pack's topics {spec.topics}; set `topic:` on the generator")
+            errors.add(
+                root / "pack.yaml",
+                f"key generators.{i}.topic",
+                f"topic {topic!r} is not one of the pack's topics {spec.topics}; set `topic:` on the generator",
+            )
             continue
         out += [SeedItem(topic=topic, **row) for row in gen.make(count=g.count, seed=g.seed)]
     return out
@@ -296,9 +315,9 @@ def load_pack(name_or_path: str | Path) -> DomainPack:
         for i, t in enumerate(spec.eval.tasks)
     }
     for t in spec.eval.tasks:
-        _check_task_yaml(root, eval_dir, t.name, errors)
+        _check_task_yaml(eval_dir, t.name, errors)
     fact_ids = {k.id for k in knowledge}
-    for label, items, path in [("seeds", seeds, files["files.seeds"])] + [
+    for _label, items, path in [("seeds", seeds, files["files.seeds"])] + [
         (t.name, eval_items[t.name], files[f"eval.tasks.{i}.data"]) for i, t in enumerate(spec.eval.tasks)
     ]:
         for it in items:
@@ -308,14 +327,23 @@ def load_pack(name_or_path: str | Path) -> DomainPack:
     errors.raise_if_any()
 
     train_files = [root / "pack.yaml", files["files.knowledge"], files["files.seeds"]]
-    pack = DomainPack(spec=spec, root=root, knowledge=knowledge, seeds=seeds, eval_items=eval_items,
-                      data_hash=_hash_files([root / "pack.yaml", *[p for p in files.values() if p]]),
-                      train_hash=_hash_files(train_files))
+    pack = DomainPack(
+        spec=spec,
+        root=root,
+        knowledge=knowledge,
+        seeds=seeds,
+        eval_items=eval_items,
+        data_hash=_hash_files([root / "pack.yaml", *[p for p in files.values() if p]]),
+        train_hash=_hash_files(train_files),
+    )
     report = decontam.check(((s.id, s.prompt) for s in seeds), pack.eval_index())
     for seed_id, hit in report.hits.items():
-        errors.add(files["files.seeds"], f"id {seed_id}",
-                   f"shares an {report.n}-word run with eval item(s) {', '.join(hit[:3])}: "
-                   "an evaluation item leaks into the seeds; reword one of them")
+        errors.add(
+            files["files.seeds"],
+            f"id {seed_id}",
+            f"shares an {report.n}-word run with eval item(s) {', '.join(hit[:3])}: "
+            "an evaluation item leaks into the seeds; reword one of them",
+        )
     errors.raise_if_any()
     return pack
 

@@ -40,20 +40,31 @@ def main() -> None:
                 from vllm import SamplingParams
 
                 # the model's own distribution: every other sampling knob explicitly neutral
-                params = SamplingParams(max_tokens=req["max_tokens"], temperature=req["temperature"],
-                                        top_p=req["top_p"], top_k=0, min_p=0.0, repetition_penalty=1.0,
-                                        presence_penalty=0.0, frequency_penalty=0.0, seed=req.get("seed"),
-                                        detokenize=False)
+                params = SamplingParams(
+                    max_tokens=req["max_tokens"],
+                    temperature=req["temperature"],
+                    top_p=req["top_p"],
+                    top_k=0,
+                    min_p=0.0,
+                    repetition_penalty=1.0,
+                    presence_penalty=0.0,
+                    frequency_penalty=0.0,
+                    seed=req.get("seed"),
+                    detokenize=False,
+                )
                 t0 = time.perf_counter()
                 res = llm.generate([{"prompt_token_ids": p} for p in req["prompts"]], params, use_tqdm=False)
                 out = {"token_ids": [list(r.outputs[0].token_ids) for r in res], "seconds": time.perf_counter() - t0}
             elif op == "score":
                 from vllm import SamplingParams
 
-                res = llm.generate([{"prompt_token_ids": p} for p in req["prompts"]],
-                                   SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False), use_tqdm=False)
+                res = llm.generate(
+                    [{"prompt_token_ids": p} for p in req["prompts"]],
+                    SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False),
+                    use_tqdm=False,
+                )
                 scores = []
-                for r, p, (a, b) in zip(res, req["prompts"], req["spans"]):
+                for r, p, (a, b) in zip(res, req["prompts"], req["spans"], strict=False):
                     scores.append([sum(r.prompt_logprobs[i][p[i]].logprob for i in range(a, b)), b - a])
                 out = {"scores": scores}
             else:
