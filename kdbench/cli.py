@@ -95,9 +95,9 @@ def cmd_run(a: argparse.Namespace) -> int:
     packs = _csv(a.pack) or []
     a.pack = packs[0] if packs else a.pack
     cfg = run_config.load_config(a.config, run_overrides(a))
-    a.log_file = kdlog.setup(debug=a.debug, home=cfg.home_path)
     for p in packs:  # every pack checked before anything starts
         preflight(cfg.model_copy(update={"pack": p}))
+    a.log_file = kdlog.setup(debug=a.debug, home=cfg.home_path)  # bad input above leaves no home behind
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(cfg.home_path / "prefect-results"))
     if len(packs) > 1:
         from flows.benchmark import benchmark_flow

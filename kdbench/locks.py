@@ -85,8 +85,7 @@ def gpu_slot(slots: int, poll: float = 0.5):
                     told = True
                     log.info(
                         f"waiting for an accelerator slot: all {n} on this machine are held "
-                        f"({holders}); orchestration.gpu_slots sets how many",
-                        flush=True,
+                        f"({holders}); orchestration.gpu_slots sets how many"
                     )
             time.sleep(poll)
     finally:

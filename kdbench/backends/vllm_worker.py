@@ -1,6 +1,6 @@
 """A vLLM engine in its own process, spoken to in JSON lines over stdin/stdout.
 
-Run by :mod:`kdbench.elicit.vllm_backend` with the Python of an environment that
+Run by :mod:`kdbench.backends.vllm` with the Python of an environment that
 has vLLM (vLLM pins its own torch, transformers and FastAPI, which need not
 agree with Prefect's: keeping it in its own venv avoids the conflict). This
 file imports only the standard library and vLLM, never kdbench.
@@ -21,6 +21,10 @@ import time
 
 
 def main() -> None:
+    # Run as a script, this file's folder comes first on sys.path, and it holds kdbench's vllm.py (the
+    # backend that starts this worker): without it there, `import vllm` finds the vLLM package.
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
     reply = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # library output to stderr; the protocol owns the original stdout
     llm = None
