@@ -18,7 +18,8 @@ from kdbench.preflight import preflight
 log = get_logger("flows")
 
 
-@flow(name="kdbench-benchmark", persist_result=True, task_runner=ThreadPoolTaskRunner(max_workers=8))
+# Prefect types flow(task_runner=) as TaskRunner[PrefectFuture], which its own ThreadPoolTaskRunner is not
+@flow(name="kdbench-benchmark", persist_result=True, task_runner=ThreadPoolTaskRunner(max_workers=8))  # pyright: ignore[reportCallIssue, reportArgumentType]
 def benchmark_flow(config: dict, packs: list[str]) -> dict:
     """``config``: a resolved RunConfig (its ``pack`` is replaced by each of ``packs``)."""
     rc = RunConfig.model_validate(config)

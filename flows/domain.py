@@ -59,7 +59,8 @@ def where_to_look(paths: dict, uri: str, label: str = "leaderboard") -> None:
     log.info(f"open the UI: {tracking.ui_command(uri)}")
 
 
-@flow(name="kdbench-domain", persist_result=True, task_runner=ThreadPoolTaskRunner(max_workers=4))
+# Prefect types flow(task_runner=) as TaskRunner[PrefectFuture], which its own ThreadPoolTaskRunner is not
+@flow(name="kdbench-domain", persist_result=True, task_runner=ThreadPoolTaskRunner(max_workers=4))  # pyright: ignore[reportCallIssue, reportArgumentType]
 def domain_flow(config: dict) -> dict:
     """Run the benchmark for one pack; ``config`` is a resolved RunConfig as a dict."""
     rc = RunConfig.model_validate(config)

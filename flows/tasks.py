@@ -78,18 +78,23 @@ def report(config: dict, packs: list[str] | None = None, name: str | None = None
 
 def submit_pack(config: dict) -> dict:
     """Submit one pack's whole graph; returns its futures (nothing waits here): models, elicited, data,
-    teacher, befores (one per student) and rows."""
+    teacher, befores (one per student) and rows.
+
+    The tasks' parameters are typed as what the step receives; they are given the futures of earlier
+    tasks, which Prefect resolves to their results before the task runs (and waits on), hence the
+    reportArgumentType ignores below."""
     models = prepare_models.submit(config)
-    elicited = elicit.submit(config, models)
-    data = build_dataset.submit(config, elicited, models)
-    t_eval = baseline.submit(config, names.ROLE_TEACHER, models, 0, data)
+    elicited = elicit.submit(config, models)  # pyright: ignore[reportArgumentType]
+    data = build_dataset.submit(config, elicited, models)  # pyright: ignore[reportArgumentType]
+    t_eval = baseline.submit(config, names.ROLE_TEACHER, models, 0, data)  # pyright: ignore[reportArgumentType]
     befores, rows = [], []
     for i in range(len(config["models"]["students"])):
-        b_eval = baseline.submit(config, names.ROLE_BEFORE, models, i, data)
+        b_eval = baseline.submit(config, names.ROLE_BEFORE, models, i, data)  # pyright: ignore[reportArgumentType]
         befores.append(b_eval)
         for algo in config["distill"]["algorithms"]:
             for seed in config["distill"]["seeds"]:
-                rows.append(student.submit(config, algo, seed, models, i, data, t_eval, b_eval))
+                row = student.submit(config, algo, seed, models, i, data, t_eval, b_eval)  # pyright: ignore[reportArgumentType]
+                rows.append(row)
     return {"models": models, "elicited": elicited, "data": data, "teacher": t_eval, "befores": befores, "rows": rows}
 
 

@@ -65,7 +65,7 @@ def run_overrides(a: argparse.Namespace) -> dict:
         "models.teacher": a.teacher,
         "models.students": _csv(a.students),
         "distill.algorithms": _csv(a.algorithms),
-        "distill.seeds": [int(s) for s in _csv(a.seeds)] if a.seeds else None,
+        "distill.seeds": [int(s) for s in _csv(a.seeds) or []] if a.seeds else None,
         "elicit.methods": _csv(a.methods),
         "elicit.backend": a.backend,
         "elicit.limit": a.seed_limit,

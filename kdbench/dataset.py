@@ -92,7 +92,9 @@ def _build(pack, rows: list[dict], out: Path, n: int) -> DatasetInfo:
 def load_examples(info: DatasetInfo) -> list[dict]:
     import datasets
 
-    return datasets.load_from_disk(str(info.path / "data")).to_list()
+    data = datasets.load_from_disk(str(info.path / "data"))
+    assert isinstance(data, datasets.Dataset), f"{info.path / 'data'} holds a DatasetDict, not one dataset"
+    return data.to_list()
 
 
 def add_topk(info: DatasetInfo, teacher_ref: str, cfg, device: str = "cpu") -> DatasetInfo:

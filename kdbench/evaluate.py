@@ -114,7 +114,7 @@ def evaluate(model_ref: str, pack, cfg, home: Path, *, device: str = "cpu", labe
 
 
 def _run_lm_eval(model_ref, pack, cfg, tasks, out: Path, device: str, label: str) -> EvalResult:
-    import lm_eval
+    from lm_eval.evaluator import simple_evaluate  # what lm_eval.simple_evaluate loads lazily
     from lm_eval.tasks import TaskManager
 
     chat = _chat(model_ref, cfg)
@@ -130,7 +130,7 @@ def _run_lm_eval(model_ref, pack, cfg, tasks, out: Path, device: str, label: str
         model_args["revision"] = cfg.models.revision
     t0 = time.perf_counter()
     try:
-        res = lm_eval.simple_evaluate(
+        res = simple_evaluate(
             model="hf",
             model_args=model_args,
             tasks=tasks,
@@ -150,6 +150,8 @@ def _run_lm_eval(model_ref, pack, cfg, tasks, out: Path, device: str, label: str
     except Exception as e:  # lm-eval raises many types; keep the cause, name the model and tasks
         raise RuntimeFailure(f"lm-eval failed on {model_ref} ({', '.join(tasks)}): {type(e).__name__}: {e}") from e
     seconds = time.perf_counter() - t0
+    if res is None or "results" not in res:  # lm-eval answers on its main process only (kdbench runs one)
+        raise RuntimeFailure(f"lm-eval returned no results for {model_ref} ({', '.join(tasks)})")
     metrics = _metrics(res["results"])
     for task in tasks:
         if task in metrics:

@@ -318,7 +318,7 @@ def student_step(
 def report_step(cfg: dict, packs: list[str] | None = None, name: str | None = None) -> dict[str, str]:
     """Write the leaderboard of the run's pack (or of ``packs``) from what MLflow holds."""
     rc = _cfg(cfg)
-    paths = write_report(rc, packs=packs or [load_pack(rc.pack).name], **({"name": name} if name else {}))
+    paths = write_report(rc, packs=packs or [load_pack(rc.pack).name], name=name)
     return {k: str(v) for k, v in paths.items()}
 
 

@@ -17,6 +17,7 @@ import functools
 import os
 import subprocess
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -282,7 +283,13 @@ def student_record(
 
 
 def log_record(
-    c, run_id: str, record: Record, *, config_yaml: str, artifacts: list[str] = (), dicts: dict[str, dict] | None = None
+    c,
+    run_id: str,
+    record: Record,
+    *,
+    config_yaml: str,
+    artifacts: Sequence[str] = (),
+    dicts: dict[str, dict] | None = None,
 ) -> None:
     """Log a record, the resolved config (config.yaml), artifacts and JSON dicts to the run."""
     log_all(c, run_id, params=record.params, metrics=record.metrics, tags=record.late_tags)

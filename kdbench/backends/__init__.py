@@ -20,6 +20,7 @@ from kdbench.config import TINY
 from kdbench.errors import ConfigError, KdbenchError
 
 BACKENDS = {"hf": HFBackend, "vllm": VLLMBackend, "openai": OpenAIBackend}
+Backend = HFBackend | VLLMBackend | OpenAIBackend
 
 
 def _vllm_usable() -> bool:
@@ -41,7 +42,7 @@ def resolve_backend_name(name: str) -> str:
     return name
 
 
-def make_backend(name: str, ref: str, cfg, device: str):
+def make_backend(name: str, ref: str, cfg, device: str) -> Backend:
     """A backend for the teacher ``ref``; ``cfg`` is the run's RunConfig."""
     name = resolve_backend_name(name)
     if name == "openai":
@@ -71,6 +72,7 @@ def make_backend(name: str, ref: str, cfg, device: str):
 
 __all__ = [
     "BACKENDS",
+    "Backend",
     "HFBackend",
     "Messages",
     "OpenAIBackend",

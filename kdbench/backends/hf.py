@@ -34,6 +34,7 @@ class HFBackend:
             model, tokenizer = load_model(
                 ref, revision=revision, dtype=dtype, device=device, trust_remote_code=trust_remote_code
             )
+        assert tokenizer is not None, "HFBackend(model=...) needs the model's tokenizer too"
         self.model, self.tokenizer = model.eval(), tokenizer
         self.device, self.batch_size = device, batch_size
         self.generated_tokens = 0

@@ -112,7 +112,7 @@ class OpenAIBackend:
         import httpx
 
         sem = asyncio.Semaphore(self.concurrency)
-        outputs: list[str | None] = [None] * len(requests)
+        outputs: list[str] = [""] * len(requests)  # each filled by its task
         key = api_key()
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)

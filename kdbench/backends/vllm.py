@@ -103,11 +103,16 @@ class VLLMBackend:
         self.generated_tokens = 0
         self.seconds = 0.0  # engine time, as the worker measured it
 
+    def _send(self, req: dict) -> None:
+        assert self.proc.stdin is not None  # opened with stdin=PIPE
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+
     def _call(self, req: dict) -> dict:
         if self.proc.poll() is not None:
             raise RuntimeFailure(f"the vLLM worker exited with code {self.proc.returncode}; see its output above")
-        self.proc.stdin.write(json.dumps(req) + "\n")
-        self.proc.stdin.flush()
+        self._send(req)
+        assert self.proc.stdout is not None  # opened with stdout=PIPE
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeFailure(f"the vLLM worker stopped (exit code {self.proc.wait()}); see its output above")
@@ -119,8 +124,7 @@ class VLLMBackend:
     def close(self) -> None:
         if self.proc.poll() is None:
             try:
-                self.proc.stdin.write(json.dumps({"op": "exit"}) + "\n")
-                self.proc.stdin.flush()
+                self._send({"op": "exit"})
                 self.proc.wait(timeout=30)
             except (OSError, subprocess.TimeoutExpired):
                 self.proc.kill()

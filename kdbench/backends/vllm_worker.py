@@ -35,13 +35,13 @@ def main() -> None:
             if op == "exit":
                 break
             if op == "init":
-                from vllm import LLM
+                from vllm import LLM  # pyright: ignore[reportAttributeAccessIssue]  # vLLM is in .venv-vllm only
 
                 # generation_config="vllm": the model's generation_config.json sets no sampling default
                 llm = LLM(generation_config="vllm", **req)
                 out = {"ok": True}
             elif op == "generate":
-                from vllm import SamplingParams
+                from vllm import SamplingParams  # pyright: ignore[reportAttributeAccessIssue]  # as LLM above
 
                 # the model's own distribution: every other sampling knob explicitly neutral
                 params = SamplingParams(
@@ -56,12 +56,14 @@ def main() -> None:
                     seed=req.get("seed"),
                     detokenize=False,
                 )
+                assert llm is not None, "generate before init"
                 t0 = time.perf_counter()
                 res = llm.generate([{"prompt_token_ids": p} for p in req["prompts"]], params, use_tqdm=False)
                 out = {"token_ids": [list(r.outputs[0].token_ids) for r in res], "seconds": time.perf_counter() - t0}
             elif op == "score":
-                from vllm import SamplingParams
+                from vllm import SamplingParams  # pyright: ignore[reportAttributeAccessIssue]  # as LLM above
 
+                assert llm is not None, "score before init"
                 res = llm.generate(
                     [{"prompt_token_ids": p} for p in req["prompts"]],
                     SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False),

@@ -166,11 +166,12 @@ def minillm_step(ctx: StepContext, batch):
     hp: MiniLLMConfig = ctx.hp
     roll = ctx.extra.get("minillm_rollout")
     fresh = roll is None or roll["uses_left"] == 0
-    if fresh:
+    if roll is None or fresh:
         roll = {"batch": mixture_batch(ctx, batch, hp.max_new_tokens, hp.alpha), "uses_left": hp.ppo_epochs}
     sampled = roll["batch"]
     ids, attn = sampled["input_ids"], sampled["attention_mask"]
     s_logits = ctx.student(input_ids=ids, attention_mask=attn).logits[:, :-1]
+    assert ctx.teacher is not None, "minillm needs the teacher model (teacher_model=True in the registry)"
     with torch.no_grad():
         t_logits = ctx.teacher(input_ids=ids, attention_mask=attn).logits[:, :-1]
     tokens, mask = ids[:, 1:], sampled["action_mask"][:, 1:]

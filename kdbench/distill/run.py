@@ -159,7 +159,7 @@ def _train(algorithm, algo, hp, seed, teacher_ref, student_ref, data, cfg, out: 
                 f"the teacher top-k cache at {topk.path} does not cover {missing} training rows "
                 "(tokenized differently?); delete that folder to rebuild it"
             )
-        examples = attached
+        examples = [e for e in attached if e is not None]  # all of them
     extra = algo.make_extra(student, teacher, hp) if algo.make_extra else None
     result = train(
         student,

@@ -85,7 +85,8 @@ def elicit(
         raise ConfigError(f"elicitation methods {[m for m in methods if m in NEEDS_STUDENT]} need a student model")
     sampling = Sampling(max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p)
     sk = "self_knowledge" in methods
-    warmup = warmup_config(cfg, student_ref) if sk else None  # trains the sampler: its settings shape the rows
+    # the warm-up trains the sampler: its settings shape the rows
+    warmup = warmup_config(cfg, student_ref) if sk and student_ref is not None else None
     versions = {m: METHOD_VERSIONS[m] for m in methods if m in METHOD_VERSIONS}
     # parts that are absent add nothing to the key, so caches made before they existed stay valid
     optional = [p for p in (warmup.model_dump() if warmup else None, versions) if p]
@@ -102,7 +103,7 @@ def elicit(
                 *(() if sk else ("self_knowledge_warmup_epochs",)),
             }
         ),
-        identity(student_ref) if any(m in NEEDS_STUDENT for m in methods) else None,
+        identity(student_ref) if student_ref is not None and any(m in NEEDS_STUDENT for m in methods) else None,
         *optional,
     )
     out = Path(home) / "elicit" / f"{pack.name}-{key}"

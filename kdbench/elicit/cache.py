@@ -51,6 +51,9 @@ class GenerationCache:
     def __len__(self) -> int:
         return len(self._data)
 
+    def __getitem__(self, key: str) -> str:
+        return self._data[key]
+
     def get(self, key: str) -> str | None:
         return self._data.get(key)
 

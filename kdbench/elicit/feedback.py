@@ -187,6 +187,7 @@ def self_knowledge(ctx) -> list[dict]:
                 }
             )
     passed = sum(keep)
+    warmup = warmup_config(ctx.cfg, ctx.student.ref)  # what _warm_student trained the sampler with, if anything
     ctx.teacher.stats.setdefault("self_knowledge", {}).update(
         {
             "judge": kind,
@@ -199,7 +200,7 @@ def self_knowledge(ctx) -> list[dict]:
             "temperature": e.self_knowledge_temperature,
             "top_p": sampling.top_p,
             "samples_per_seed": e.self_knowledge_samples,
-            "warmup_epochs": warmup_config(ctx.cfg, ctx.student.ref).epochs if sampler is not ctx.student else 0,
+            "warmup_epochs": warmup.epochs if warmup is not None else 0,
             "sampler": sampler.ref,
             "filter_rate": 1 - passed / max(len(outs), 1),
         }

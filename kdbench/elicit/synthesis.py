@@ -47,7 +47,7 @@ def _filter_and_label(ctx, method: str, drafts: list[tuple[str, str]]) -> list[d
     """drafts: (topic, raw teacher text) -> labeled rows; filter counts go to ctx.teacher.stats."""
     index = ctx.pack.eval_index()
     dedup = NearDuplicateFilter([s.prompt for s in ctx.pack.seeds], ctx.cfg.elicit.dedup_rouge)
-    counts = {"drafts": len(drafts), "empty": 0, "near_duplicate": 0, "leaked": 0}
+    counts: dict[str, float] = {"drafts": len(drafts), "empty": 0, "near_duplicate": 0, "leaked": 0}
     kept: list[tuple[str, str]] = []
     for topic, raw in drafts:
         text = _clean(raw)

@@ -47,7 +47,8 @@ def load_model(
         )
     except OSError as e:
         raise _not_found(ref, e) from None
-    return model.to(device), tok
+    # transformers declares .to through functools.wraps(nn.Module.to), which hides the bound self from pyright
+    return model.to(device), tok  # pyright: ignore[reportArgumentType]
 
 
 def _not_found(ref: str, e: Exception) -> KdbenchError:

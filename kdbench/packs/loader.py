@@ -15,9 +15,10 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from kdbench.errors import PackError, did_you_mean
 from kdbench.packs import decontam
@@ -137,7 +138,11 @@ class _TolerantLoader(yaml.SafeLoader):
     """Reads lm-eval YAMLs: keeps ``!function x.y`` as the string 'x.y'."""
 
 
-_TolerantLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+def _function_as_string(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> str:
+    return loader.construct_scalar(node)
+
+
+_TolerantLoader.add_constructor("!function", _function_as_string)
 
 
 def _yaml_line(node: yaml.Node | None, loc: tuple) -> int | None:
@@ -150,8 +155,8 @@ def _yaml_line(node: yaml.Node | None, loc: tuple) -> int | None:
                 return line
             line, node = match[0].start_mark.line + 1, match[1]
         elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            node = node.value[key]
-            line = node.start_mark.line + 1
+            item: yaml.Node = node.value[key]
+            line, node = item.start_mark.line + 1, item
         else:
             return line
     return line
@@ -202,7 +207,10 @@ def _read_spec(root: Path, errors: _Errors) -> PackSpec | None:
     return spec
 
 
-def _read_jsonl(path: Path, model: type[BaseModel], errors: _Errors, topics: list[str]) -> list:
+Item = TypeVar("Item", bound=KnowledgeItem | SeedItem | MCItem | QAItem)
+
+
+def _read_jsonl(path: Path, model: type[Item], errors: _Errors, topics: list[str]) -> list[Item]:
     items, first_line = [], {}
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -284,7 +292,7 @@ def _generated_seeds(spec: PackSpec, root: Path, errors: _Errors) -> list[SeedIt
                 f"topic {topic!r} is not one of the pack's topics {spec.topics}; set `topic:` on the generator",
             )
             continue
-        out += [SeedItem(topic=topic, **row) for row in gen.make(count=g.count, seed=g.seed)]
+        out += [SeedItem.model_validate({"topic": topic, **row}) for row in gen.make(count=g.count, seed=g.seed)]
     return out
 
 
@@ -307,18 +315,21 @@ def load_pack(name_or_path: str | Path) -> DomainPack:
     for dup in sorted({n for n in names if names.count(n) > 1}):
         errors.add(root / "pack.yaml", "key eval.tasks", f"task name {dup!r} appears more than once")
     errors.raise_if_any()
+    # every path exists inside the pack from here on (_inside recorded an error for any that does not)
+    assert eval_dir is not None
+    paths = {key: path for key, path in files.items() if path is not None}
 
-    knowledge = _read_jsonl(files["files.knowledge"], KnowledgeItem, errors, spec.topics)
-    seeds = _read_jsonl(files["files.seeds"], SeedItem, errors, spec.topics)
+    knowledge = _read_jsonl(paths["files.knowledge"], KnowledgeItem, errors, spec.topics)
+    seeds = _read_jsonl(paths["files.seeds"], SeedItem, errors, spec.topics)
     eval_items = {
-        t.name: _read_jsonl(files[f"eval.tasks.{i}.data"], ITEM_MODELS[t.kind], errors, spec.topics)
+        t.name: _read_jsonl(paths[f"eval.tasks.{i}.data"], ITEM_MODELS[t.kind], errors, spec.topics)
         for i, t in enumerate(spec.eval.tasks)
     }
     for t in spec.eval.tasks:
         _check_task_yaml(eval_dir, t.name, errors)
     fact_ids = {k.id for k in knowledge}
-    for _label, items, path in [("seeds", seeds, files["files.seeds"])] + [
-        (t.name, eval_items[t.name], files[f"eval.tasks.{i}.data"]) for i, t in enumerate(spec.eval.tasks)
+    for _label, items, path in [("seeds", seeds, paths["files.seeds"])] + [
+        (t.name, eval_items[t.name], paths[f"eval.tasks.{i}.data"]) for i, t in enumerate(spec.eval.tasks)
     ]:
         for it in items:
             if it.fact is not None and it.fact not in fact_ids:
@@ -326,20 +337,20 @@ def load_pack(name_or_path: str | Path) -> DomainPack:
     seeds += _generated_seeds(spec, root, errors)
     errors.raise_if_any()
 
-    train_files = [root / "pack.yaml", files["files.knowledge"], files["files.seeds"]]
+    train_files = [root / "pack.yaml", paths["files.knowledge"], paths["files.seeds"]]
     pack = DomainPack(
         spec=spec,
         root=root,
         knowledge=knowledge,
         seeds=seeds,
         eval_items=eval_items,
-        data_hash=_hash_files([root / "pack.yaml", *[p for p in files.values() if p]]),
+        data_hash=_hash_files([root / "pack.yaml", *paths.values()]),
         train_hash=_hash_files(train_files),
     )
     report = decontam.check(((s.id, s.prompt) for s in seeds), pack.eval_index())
     for seed_id, hit in report.hits.items():
         errors.add(
-            files["files.seeds"],
+            paths["files.seeds"],
             f"id {seed_id}",
             f"shares an {report.n}-word run with eval item(s) {', '.join(hit[:3])}: "
             "an evaluation item leaks into the seeds; reword one of them",

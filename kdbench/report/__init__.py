@@ -4,6 +4,10 @@ collect (MLflow -> DataFrame) -> leaderboard (per-pack tables, summary, win
 rates) -> plots (PNG) -> document (what the report says) -> markdown / html.
 """
 
+# pandas types df[mask], df[col] and .loc[...] as Series | ndarray | scalar unions, so these rules
+# report pandas idioms here, not bugs
+# pyright: reportAttributeAccessIssue=false, reportArgumentType=false
+
 from __future__ import annotations
 
 import re

@@ -5,6 +5,10 @@ the tracking store (and the packs that have some), a ``since`` that is not a
 date, a tracking URI that cannot be reached.
 """
 
+# pandas types df[mask], df[col] and .loc[...] as Series | ndarray | scalar unions, so these rules
+# report pandas idioms here, not bugs
+# pyright: reportAttributeAccessIssue=false, reportReturnType=false
+
 from __future__ import annotations
 
 import json
@@ -12,11 +16,16 @@ import os
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from kdbench import names, tracking
 from kdbench.errors import RuntimeFailure, UserError, did_you_mean
+
+if TYPE_CHECKING:  # mlflow is imported when a report is made, not with this module
+    from mlflow.entities import Experiment
+    from mlflow.tracking import MlflowClient
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in reports
 
@@ -51,7 +60,7 @@ def read_client(cfg):
     return MlflowClient(tracking_uri=uri), uri
 
 
-def pack_experiments(cfg) -> tuple[object, str, dict[str, object]]:
+def pack_experiments(cfg) -> tuple[MlflowClient, str, dict[str, Experiment]]:
     """(client, uri, {pack: experiment}) for every kdbench experiment in the tracking store."""
     c, uri = read_client(cfg)
     prefix = f"{cfg.tracking.experiment_prefix}-"

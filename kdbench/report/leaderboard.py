@@ -11,6 +11,10 @@ column an algorithm scores the fraction of the other algorithms it beats (ties
 count half); its mean win rate is the average over the columns it appears in.
 """
 
+# pandas types df[mask], df[col] and .loc[...] as Series | ndarray | scalar unions, so these rules
+# report pandas idioms here, not bugs
+# pyright: reportAttributeAccessIssue=false, reportArgumentType=false, reportGeneralTypeIssues=false, reportReturnType=false
+
 from __future__ import annotations
 
 import math

@@ -4,6 +4,10 @@ Each algorithm keeps one colour and one marker in every figure, so a reader can
 follow it from pack to pack.
 """
 
+# pandas types df[mask], df[col] and .loc[...] as Series | ndarray | scalar unions, so these rules
+# report pandas idioms here, not bugs
+# pyright: reportAttributeAccessIssue=false, reportArgumentType=false, reportGeneralTypeIssues=false
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,7 +43,7 @@ def _plt():
 
 def styles(algorithms: list[str]) -> dict[str, tuple[str, str]]:
     """algorithm -> (colour, marker), stable for a sorted list of algorithms."""
-    import matplotlib
+    import matplotlib.colors
 
     cmap = matplotlib.colormaps["tab10"]
     return {
