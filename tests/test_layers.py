@@ -73,8 +73,10 @@ def test_imports_go_down(path):
     for line, target in own_imports(path):
         other = part_of(target)
         if other != me and PARTS[other] >= PARTS[me]:
-            bad.append(f"{path.relative_to(REPO)}:{line} imports {target} ({other}, layer {PARTS[other]}) "
-                       f"from {me} (layer {PARTS[me]})")
+            bad.append(
+                f"{path.relative_to(REPO)}:{line} imports {target} ({other}, layer {PARTS[other]}) "
+                f"from {me} (layer {PARTS[me]})"
+            )
     assert not bad, "\n".join(bad)
 
 
