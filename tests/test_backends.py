@@ -45,6 +45,8 @@ def hf_outputs(micro):
     return reqs, HFBackend(micro.models.teacher).generate(reqs, Sampling(max_new_tokens=16))
 
 
+@pytest.mark.slow
+@pytest.mark.vllm
 def test_vllm_greedy_matches_hf_and_scores_agree(micro, hf_outputs, tmp_path):
     """On a copy of the teacher whose generation_config.json asks for top_k = 1 and a repetition penalty: vLLM's
     greedy outputs still equal hf's (the penalty would change them), and its samples are the model's own (top_k = 1
@@ -130,6 +132,8 @@ def vllm_server(micro):
     proc.wait(timeout=60)
 
 
+@pytest.mark.slow
+@pytest.mark.vllm
 def test_openai_backend_against_vllm_server_matches_hf(vllm_server, hf_outputs):
     reqs, hf = hf_outputs
     b = OpenAIBackend("teacher", base_url=vllm_server, concurrency=3)
@@ -178,6 +182,7 @@ def test_openai_partial_progress_is_kept_and_resumed(micro, tmp_path, monkeypatc
     assert "SECRET" not in cache_text and "sk-test" not in cache_text
 
 
+@pytest.mark.slow  # a subprocess generating with the teacher, killed and run again
 def test_killed_elicitation_resumes_without_repeating(micro, tmp_path):
     """SIGKILL a labeling run once some batches are cached; the rerun generates only the rest."""
     script = tmp_path / "run.py"

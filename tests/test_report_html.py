@@ -422,6 +422,7 @@ FLAGS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs chromium (make test-deps installs it)")
 def test_html_renders_in_headless_chromium(store):
     _, _, paths, tmp = store
