@@ -13,6 +13,11 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
+# kdbench's console output on stdout, as the CLI sets it up (tests read it with capsys)
+from kdbench.log import setup as _log_setup  # noqa: E402
+
+_log_setup()
+
 REPO = Path(__file__).resolve().parents[1]
 DOMAINS = REPO / "domains"
 PACKS = sorted(p.name for p in DOMAINS.iterdir() if (p / "pack.yaml").is_file())

@@ -120,7 +120,7 @@ def test_checkpoint_write_error_fails_the_run_and_keeps_the_last_good_checkpoint
     cfg.distill.train.epochs = 6
     cfg.distill.train.save_every = 5
     config = cfg.model_dump(mode="json")
-    models = {"teacher": micro.models.teacher, "students": [micro.models.student]}
+    models = steps.Models(teacher=micro.models.teacher, students=[micro.models.student])
     elicited = steps.elicit_step(config, models)
     data = steps.dataset_step(config, elicited, models)
     t_eval = steps.baseline_step(config, "teacher", models, 0, data)
@@ -147,7 +147,7 @@ def test_checkpoint_write_error_fails_the_run_and_keeps_the_last_good_checkpoint
     assert run.info.status == "FAILED" and "No space left" in run.data.tags["kdbench.error"]
     monkeypatch.setattr(trainer, "_save_checkpoint", real_save)
     row = steps.student_step(config, "sft", 0, models, 0, data, t_eval, b_eval)  # disk freed: rerun
-    assert row["run_id"] == run.info.run_id
+    assert row.run_id == run.info.run_id
     assert c.get_run(run.info.run_id).info.status == "FINISHED"
 
 
