@@ -35,7 +35,22 @@ def flow_run(tmp_path_factory):
     with prefect_test_harness(server_startup_timeout=180):
         first = domain_flow(cfg.model_dump(mode="json"))
         second = domain_flow(cfg.model_dump(mode="json"))
-    return cfg, first, second
+        logs = _prefect_logs()
+    return cfg, first, second, logs
+
+
+def _prefect_logs() -> list:
+    """Every log record the Prefect server holds (after the API handler has sent what it buffered)."""
+    from prefect.client.orchestration import get_client
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # the worker that ships records is shared: any handler flushes it
+    with get_client(sync_client=True) as client:
+        out, offset = [], 0
+        while batch := client.read_logs(limit=200, offset=offset):
+            out += batch
+            offset += len(batch)
+    return out
 
 
 def _runs(cfg):
@@ -48,7 +63,7 @@ def _runs(cfg):
 
 
 def test_mlflow_holds_one_run_per_result(flow_run):
-    cfg, first, _ = flow_run
+    cfg, first, _, _ = flow_run
     c, runs = _runs(cfg)
     roles = sorted(r.data.tags["kdbench.role"] for r in runs)
     assert roles == [
@@ -103,7 +118,7 @@ def test_mlflow_holds_one_run_per_result(flow_run):
 
 
 def test_rerun_reuses_everything_and_duplicates_nothing(flow_run):
-    cfg, first, second = flow_run
+    cfg, first, second, _ = flow_run
     _, runs = _runs(cfg)
     assert len(runs) == 7
     assert [r["metrics"] for r in first["results"]] == [r["metrics"] for r in second["results"]]
@@ -111,7 +126,16 @@ def test_rerun_reuses_everything_and_duplicates_nothing(flow_run):
 
 
 def test_report_written_with_every_row(flow_run):
-    cfg, first, _ = flow_run
+    cfg, first, _, _ = flow_run
     md = open(first["report"]["markdown"]).read()
     assert "| teacher |" in md and "| student (before) |" in md
     assert "| sft |" in md and "| fkl |" in md and "(n=2)" in md
+
+
+def test_kdbench_logs_reach_the_prefect_run(flow_run):
+    """What kdbench says inside a flow is in the flow run's logs (and its tasks'), where the Prefect UI shows it."""
+    _, _, _, logs = flow_run
+    ours = [lg for lg in logs if lg.name.startswith("kdbench")]
+    assert any("submitting models" in lg.message and lg.flow_run_id for lg in ours)  # the flow's own words
+    assert any("evaluating" in lg.message and lg.task_run_id for lg in ours)  # said inside a task run
+    assert any("leaderboard:" in lg.message for lg in ours)
