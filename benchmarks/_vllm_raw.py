@@ -26,8 +26,10 @@ def main() -> None:
         t0 = time.perf_counter()
         out = llm.generate(prompts, params, use_tqdm=False)
         seconds = time.perf_counter() - t0
-        print("KDB " + json.dumps({"seconds": seconds, "tokens": sum(len(o.outputs[0].token_ids) for o in out)}),
-              flush=True)
+        print(
+            "KDB " + json.dumps({"seconds": seconds, "tokens": sum(len(o.outputs[0].token_ids) for o in out)}),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":  # the engine spawns processes that import this module

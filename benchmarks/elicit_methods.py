@@ -49,21 +49,30 @@ def main() -> None:
             elif meth == "self_knowledge":
                 req, n = s.get("samples", 0), s.get("kept", 0)
                 out = req - s.get("passed", n)
-                why = (f"judge: {s.get('judge')}, {s.get('verified_by_reference', 0)} checked by reference; "
-                       f"{s.get('repeated_samples', 0)} repeats of a kept sample; {s.get('kept_same_as_teacher')} "
-                       f"kept rows word for word the teacher's answer; warm-up {s.get('warmup_epochs')} epochs")
+                why = (
+                    f"judge: {s.get('judge')}, {s.get('verified_by_reference', 0)} checked by reference; "
+                    f"{s.get('repeated_samples', 0)} repeats of a kept sample; {s.get('kept_same_as_teacher')} "
+                    f"kept rows word for word the teacher's answer; warm-up {s.get('warmup_epochs')} epochs"
+                )
             else:
                 req, n, out, why = len(pack.seeds), s.get("rows", 0), 0, ""  # one request per seed
             alone = cfg.home_path / "bench-rows" / f"{name}-{meth}.jsonl"
             write_jsonl(alone, [r for r in rows if r["method"] == meth])
             solo = build_dataset(pack, alone, cfg.home_path).manifest["rows"]
-            print(f"| {name} | {meth} | {req} | {n} | {out} ({why}) | {out / max(req, 1):.0%} | "
-                  f"{man['by_method'].get(meth, 0)} | {solo} |", flush=True)
+            print(
+                f"| {name} | {meth} | {req} | {n} | {out} ({why}) | {out / max(req, 1):.0%} | "
+                f"{man['by_method'].get(meth, 0)} | {solo} |",
+                flush=True,
+            )
         t = man["topk"]
-        print(f"| {name} | feature | {man['rows']} rows | {t['tokens']:,} tokens | – | – | "
-              f"top-{t['k']}, {t['bytes_per_token']} B/token | – |")
-        print(f"| {name} | dataset | {man['rows_in']} in | {man['rows']} kept | {man['dropped']} | "
-              f"{1 - man['rows'] / max(man['rows_in'], 1):.0%} | decontamination rate {man['decontam_rate']:.2%} | – |")
+        print(
+            f"| {name} | feature | {man['rows']} rows | {t['tokens']:,} tokens | – | – | "
+            f"top-{t['k']}, {t['bytes_per_token']} B/token | – |"
+        )
+        print(
+            f"| {name} | dataset | {man['rows_in']} in | {man['rows']} kept | {man['dropped']} | "
+            f"{1 - man['rows'] / max(man['rows_in'], 1):.0%} | decontamination rate {man['decontam_rate']:.2%} | – |"
+        )
 
 
 if __name__ == "__main__":

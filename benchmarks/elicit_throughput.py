@@ -46,9 +46,18 @@ def models(home: str) -> dict[str, str]:
         import torch
 
         tok = AutoTokenizer.from_pretrained(tiny.teacher)
-        conf = LlamaConfig(vocab_size=len(tok), hidden_size=512, intermediate_size=1408, num_hidden_layers=10,
-                           num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=512,
-                           tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        conf = LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=512,
+            intermediate_size=1408,
+            num_hidden_layers=10,
+            num_attention_heads=8,
+            num_key_value_heads=8,
+            max_position_embeddings=512,
+            tie_word_embeddings=True,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
         torch.manual_seed(0)
         model = LlamaForCausalLM(conf)
         model.save_pretrained(big)
@@ -58,11 +67,10 @@ def models(home: str) -> dict[str, str]:
 
 def requests(n: int):
     from kdbench.data import messages_for
-    from kdbench.elicit.teacher import teacher_system
     from kdbench.packs import load_pack
 
     pack = load_pack("law")
-    system = teacher_system(pack, "labeling")
+    system = pack.teacher_system("labeling")
     return [messages_for(s.prompt, system) for s in pack.seeds[:n]]
 
 
@@ -92,17 +100,23 @@ def alternate(raw, kd, reps: int) -> tuple[float, float, float]:
             k = kd()
             runs.append((raw(), k))
     tps = [(r[1] / r[0], k[1] / k[0]) for r, k in runs]
-    print("  tok/s per repetition, raw | kdbench: " + " | ".join(f"{r:,.0f} {k:,.0f}" for r, k in tps),
-          file=sys.stderr, flush=True)
-    return (statistics.median(r for r, _ in tps), statistics.median(k for _, k in tps),
-            statistics.median(r / k - 1 for r, k in tps))
+    print(
+        "  tok/s per repetition, raw | kdbench: " + " | ".join(f"{r:,.0f} {k:,.0f}" for r, k in tps),
+        file=sys.stderr,
+        flush=True,
+    )
+    return (
+        statistics.median(r for r, _ in tps),
+        statistics.median(k for _, k in tps),
+        statistics.median(r / k - 1 for r, k in tps),
+    )
 
 
 def hf_pair(path: str, reqs, new_tokens: int, batch: int, reps: int) -> tuple[tuple[float, int], tuple[float, int]]:
     import torch
 
+    from kdbench.backends import HFBackend, Sampling
     from kdbench.data import render_messages
-    from kdbench.elicit.backends import HFBackend, Sampling
 
     backend = HFBackend(path, batch_size=batch)
     tok, model = backend.tokenizer, backend.model
@@ -118,9 +132,15 @@ def hf_pair(path: str, reqs, new_tokens: int, batch: int, reps: int) -> tuple[tu
                 x = torch.full((len(part), width), tok.pad_token_id)
                 att = torch.zeros_like(x)
                 for i, p in enumerate(part):
-                    x[i, width - len(p):], att[i, width - len(p):] = torch.tensor(p), 1
-                out = model.generate(input_ids=x, attention_mask=att, max_new_tokens=new_tokens, do_sample=False,
-                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)[:, width:]
+                    x[i, width - len(p) :], att[i, width - len(p) :] = torch.tensor(p), 1
+                out = model.generate(
+                    input_ids=x,
+                    attention_mask=att,
+                    max_new_tokens=new_tokens,
+                    do_sample=False,
+                    pad_token_id=tok.pad_token_id,
+                    eos_token_id=tok.eos_token_id,
+                )[:, width:]
                 n += int(((out != tok.pad_token_id) & (out != tok.eos_token_id)).sum())
         return time.perf_counter() - t0, n
 
@@ -142,9 +162,9 @@ def max_len(path: str) -> int:
 
 
 def vllm_pair(path: str, reqs, new_tokens: int, home: Path, reps: int):
+    from kdbench.backends import Sampling
+    from kdbench.backends.vllm import VLLMBackend, vllm_python, worker_env
     from kdbench.data import render_messages
-    from kdbench.elicit.backends import Sampling
-    from kdbench.elicit.vllm_backend import VLLMBackend, vllm_python, worker_env
     from kdbench.models.loading import load_tokenizer
 
     tok = load_tokenizer(path)
@@ -152,8 +172,13 @@ def vllm_pair(path: str, reqs, new_tokens: int, home: Path, reps: int):
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump({"model": path, "prompts": ids, "max_tokens": new_tokens, "max_model_len": max_len(path)}, f)
     # both engines loaded at once, driven in turn: raw, kdbench, raw, kdbench, ...
-    proc = subprocess.Popen([vllm_python(), str(HERE / "_vllm_raw.py"), f.name], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=worker_env(home, False))
+    proc = subprocess.Popen(
+        [vllm_python(), str(HERE / "_vllm_raw.py"), f.name],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=worker_env(home, False),
+    )
 
     def said() -> str:  # the next protocol line (the engine may print its own lines too)
         for line in proc.stdout:
@@ -191,23 +216,42 @@ def vllm_pair(path: str, reqs, new_tokens: int, home: Path, reps: int):
 
 
 def _serve(path: str, home: Path):
-    from kdbench.elicit.vllm_backend import vllm_python, worker_env
+    from kdbench.backends.vllm import vllm_python, worker_env
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = open(home / "vllm-server.log", "w")
-    proc = subprocess.Popen([vllm_python(), "-m", "vllm.entrypoints.openai.api_server", "--model", path,
-                             "--served-model-name", "teacher", "--host", "127.0.0.1", "--port", str(port),
-                             "--dtype", "float32", "--max-model-len", str(max_len(path)), "--enforce-eager"],
-                            stdout=log, stderr=subprocess.STDOUT, env=worker_env(home, False))
+    proc = subprocess.Popen(
+        [
+            vllm_python(),
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            path,
+            "--served-model-name",
+            "teacher",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dtype",
+            "float32",
+            "--max-model-len",
+            str(max_len(path)),
+            "--enforce-eager",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=worker_env(home, False),
+    )
     for _ in range(300):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
             return proc, f"http://127.0.0.1:{port}/v1"
         except OSError:
             if proc.poll() is not None:
-                raise SystemExit(f"vLLM server exited: {(home / 'vllm-server.log').read_text()[-2000:]}")
+                raise SystemExit(f"vLLM server exited: {(home / 'vllm-server.log').read_text()[-2000:]}") from None
             time.sleep(1)
     raise SystemExit("vLLM server did not come up")
 
@@ -215,19 +259,24 @@ def _serve(path: str, home: Path):
 def openai_pair(path: str, reqs, new_tokens: int, home: Path, concurrency: int, reps: int):
     import httpx
 
-    from kdbench.elicit.backends import Sampling
-    from kdbench.elicit.openai_backend import OpenAIBackend
+    from kdbench.backends import Sampling
+    from kdbench.backends.openai import OpenAIBackend
 
     proc, url = _serve(path, home)
     try:
+
         async def raw_all():
             sem = asyncio.Semaphore(concurrency)
             async with httpx.AsyncClient(timeout=120) as client:
+
                 async def one(m):
                     async with sem:
-                        r = await client.post(f"{url}/chat/completions", json={
-                            "model": "teacher", "messages": m, "max_tokens": new_tokens, "temperature": 0.0})
+                        r = await client.post(
+                            f"{url}/chat/completions",
+                            json={"model": "teacher", "messages": m, "max_tokens": new_tokens, "temperature": 0.0},
+                        )
                         return r.json()["usage"]["completion_tokens"]
+
                 return sum(await asyncio.gather(*(one(m) for m in reqs)))
 
         backend = OpenAIBackend("teacher", base_url=url, concurrency=concurrency)
@@ -259,15 +308,21 @@ def main() -> None:
     ap.add_argument("--backends", default="hf,vllm,openai")
     ap.add_argument("--models", default="tiny,30m")
     ap.add_argument("--home", default=".kdbench")
-    ap.add_argument("--reps", type=int, default=6,
-                    help="timed repetitions per side, alternating (even: as many pairs start with each side)")
+    ap.add_argument(
+        "--reps",
+        type=int,
+        default=6,
+        help="timed repetitions per side, alternating (even: as many pairs start with each side)",
+    )
     a = ap.parse_args()
     paths = models(a.home)
     reqs = requests(a.prompts)
     home = Path(a.home).resolve()
     print(f"{len(reqs)} law prompts, greedy, up to {a.new_tokens} new tokens, float32, CPU")
-    print("| model | params | backend | raw engine tok/s (median) | kdbench tok/s (median) "
-          "| kdbench overhead (median of pairs) |")
+    print(
+        "| model | params | backend | raw engine tok/s (median) | kdbench tok/s (median) "
+        "| kdbench overhead (median of pairs) |"
+    )
     print("|---|---|---|---|---|---|")
     for name in a.models.split(","):
         path = paths[name]
@@ -278,8 +333,10 @@ def main() -> None:
                 rt, kt, over = vllm_pair(path, reqs, a.new_tokens, home, a.reps)
             else:
                 rt, kt, over = openai_pair(path, reqs, a.new_tokens, home, a.concurrency, a.reps)
-            print(f"| {name} | {n_params(path) / 1e6:.1f}M | {b} | {rt:,.0f} | {kt:,.0f} | {100 * over:+.1f}% |",
-                  flush=True)
+            print(
+                f"| {name} | {n_params(path) / 1e6:.1f}M | {b} | {rt:,.0f} | {kt:,.0f} | {100 * over:+.1f}% |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

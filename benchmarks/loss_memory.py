@@ -53,8 +53,14 @@ def reference(name: str):
 
         return f
 
-    return {"fkl": trl(0.0), "rkl": trl(1.0), "jsd": trl(0.5), "tvd": full("tvd"), "skl": full("skl"),
-            "srkl": full("srkl")}[name]
+    return {
+        "fkl": trl(0.0),
+        "rkl": trl(1.0),
+        "jsd": trl(0.5),
+        "tvd": full("tvd"),
+        "skl": full("skl"),
+        "srkl": full("srkl"),
+    }[name]
 
 
 def worker(name: str, impl: str, bt: int, v: int, reps: int) -> dict:
@@ -106,14 +112,32 @@ def main() -> None:
     for name in LOSSES:
         got = {}
         for impl in ("reference", "kdbench"):
-            out = subprocess.run([sys.executable, __file__, "--worker", name, impl, "--bt", str(a.bt),
-                                  "--vocab", str(a.vocab), "--reps", str(a.reps)],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    name,
+                    impl,
+                    "--bt",
+                    str(a.bt),
+                    "--vocab",
+                    str(a.vocab),
+                    "--reps",
+                    str(a.reps),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             got[impl] = json.loads(out.stdout.strip().splitlines()[-1])
         r, k = got["reference"], got["kdbench"]
         rows.append({"loss": name, **{f"ref_{x}": y for x, y in r.items()}, **{f"kd_{x}": y for x, y in k.items()}})
-        print(f"| {name} | {r['peak_mb']:.0f} | {k['peak_mb']:.0f} | {k['peak_mb'] / r['peak_mb']:.2f} | "
-              f"{r['seconds']:.3f} | {k['seconds']:.3f} | {k['seconds'] / r['seconds']:.2f} |", flush=True)
+        print(
+            f"| {name} | {r['peak_mb']:.0f} | {k['peak_mb']:.0f} | {k['peak_mb'] / r['peak_mb']:.2f} | "
+            f"{r['seconds']:.3f} | {k['seconds']:.3f} | {k['seconds'] / r['seconds']:.2f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -53,10 +53,14 @@ def main() -> None:
     print(f"{a.pack}: k = {t['k']}, vocabulary {t['vocab']}, {t['tokens']:,} response tokens cached")
     print("| teacher logits | bytes/token | fkl " + task + " acc (mean over seeds " + a.seeds + ") |")
     print("|---|---|---|")
-    print(f"| dense (teacher in memory) | {dense_bytes:,} (float32 row) | "
-          f"{100 * statistics.mean(scores['online']):.1f} ({', '.join(f'{100 * s:.1f}' for s in scores['online'])}) |")
-    print(f"| top-{t['k']} cache | {t['bytes_per_token']} | {100 * statistics.mean(scores['topk']):.1f} "
-          f"({', '.join(f'{100 * s:.1f}' for s in scores['topk'])}) |")
+    print(
+        f"| dense (teacher in memory) | {dense_bytes:,} (float32 row) | "
+        f"{100 * statistics.mean(scores['online']):.1f} ({', '.join(f'{100 * s:.1f}' for s in scores['online'])}) |"
+    )
+    print(
+        f"| top-{t['k']} cache | {t['bytes_per_token']} | {100 * statistics.mean(scores['topk']):.1f} "
+        f"({', '.join(f'{100 * s:.1f}' for s in scores['topk'])}) |"
+    )
     diff = 100 * (statistics.mean(scores["topk"]) - statistics.mean(scores["online"]))
     print(f"difference: {diff:+.1f} points")
 

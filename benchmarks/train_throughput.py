@@ -56,7 +56,7 @@ def run_kdbench(algo: str, hp: dict, steps: int, batch: int, home: str) -> float
     from kdbench.config import TrainConfig
     from kdbench.data import tokenize_example
     from kdbench.distill.registry import ALGORITHMS
-    from kdbench.distill.trainer import train
+    from kdbench.training import train
 
     cfg, m, rows = fixture(home)
     tok = AutoTokenizer.from_pretrained(m.student)
@@ -66,16 +66,33 @@ def run_kdbench(algo: str, hp: dict, steps: int, batch: int, home: str) -> float
     a = ALGORITHMS[algo]
     tc = TrainConfig(max_steps=steps, batch_size=batch, lr=LR, save_every=0, log_every=10**9, warmup_ratio=0.0)
     with tempfile.TemporaryDirectory() as out:
-        res = train(student, tok, examples, a.step, cfg=tc, out_dir=Path(out), seed=0, teacher=teacher,
-                    hp=a.config.model_validate(hp), desc=f"kdbench {algo}")
+        res = train(
+            student,
+            tok,
+            examples,
+            a.step,
+            cfg=tc,
+            out_dir=Path(out),
+            seed=0,
+            teacher=teacher,
+            hp=a.config.model_validate(hp),
+            desc=f"kdbench {algo}",
+        )
     return res.seconds
 
 
 def _messages(rows):
     from kdbench.data import QUESTION_TEMPLATE
 
-    return [{"messages": [{"role": "user", "content": QUESTION_TEMPLATE.format(prompt=r["prompt"])},
-                          {"role": "assistant", "content": r["response"]}]} for r in rows]
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": QUESTION_TEMPLATE.format(prompt=r["prompt"])},
+                {"role": "assistant", "content": r["response"]},
+            ]
+        }
+        for r in rows
+    ]
 
 
 class _Clock:
@@ -105,14 +122,33 @@ def run_trl_gkd(lmbda: float, beta: float, steps: int, batch: int, home: str) ->
     tok = AutoTokenizer.from_pretrained(m.student)
     clock = _Clock()
     with tempfile.TemporaryDirectory() as out:
-        args = GKDConfig(output_dir=out, per_device_train_batch_size=batch, max_steps=steps, learning_rate=LR,
-                         lmbda=lmbda, beta=beta, max_new_tokens=NEW_TOKENS, temperature=1.0, max_length=192,
-                         logging_steps=10**6, save_strategy="no", report_to=[], use_cpu=True,
-                         dataloader_num_workers=0, lr_scheduler_type="cosine", warmup_steps=0, seed=0)
-        trainer = GKDTrainer(model=AutoModelForCausalLM.from_pretrained(m.student),
-                             teacher_model=AutoModelForCausalLM.from_pretrained(m.teacher), args=args,
-                             train_dataset=Dataset.from_list(_messages(rows)), processing_class=tok,
-                             callbacks=[clock.callback])
+        args = GKDConfig(
+            output_dir=out,
+            per_device_train_batch_size=batch,
+            max_steps=steps,
+            learning_rate=LR,
+            lmbda=lmbda,
+            beta=beta,
+            max_new_tokens=NEW_TOKENS,
+            temperature=1.0,
+            max_length=192,
+            logging_steps=10**6,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            dataloader_num_workers=0,
+            lr_scheduler_type="cosine",
+            warmup_steps=0,
+            seed=0,
+        )
+        trainer = GKDTrainer(
+            model=AutoModelForCausalLM.from_pretrained(m.student),
+            teacher_model=AutoModelForCausalLM.from_pretrained(m.teacher),
+            args=args,
+            train_dataset=Dataset.from_list(_messages(rows)),
+            processing_class=tok,
+            callbacks=[clock.callback],
+        )
         trainer.train()
     return clock.seconds
 
@@ -127,16 +163,35 @@ def run_trl_distillation(beta: float, steps: int, batch: int, home: str) -> floa
     cfg, m, rows = fixture(home)
     tok = AutoTokenizer.from_pretrained(m.student)
     clock = _Clock()
-    data = Dataset.from_list([{"prompt": [{"role": "user", "content": QUESTION_TEMPLATE.format(prompt=r["prompt"])}]}
-                              for r in rows])
+    data = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": QUESTION_TEMPLATE.format(prompt=r["prompt"])}]} for r in rows]
+    )
     with tempfile.TemporaryDirectory() as out:
-        args = DistillationConfig(output_dir=out, per_device_train_batch_size=batch, max_steps=steps,
-                                  learning_rate=LR, beta=beta, max_completion_length=NEW_TOKENS, temperature=1.0,
-                                  logging_steps=10**6, save_strategy="no", report_to=[], use_cpu=True,
-                                  dataloader_num_workers=0, lr_scheduler_type="cosine", warmup_steps=0, seed=0)
-        trainer = DistillationTrainer(model=AutoModelForCausalLM.from_pretrained(m.student),
-                                      teacher_model=AutoModelForCausalLM.from_pretrained(m.teacher), args=args,
-                                      train_dataset=data, processing_class=tok, callbacks=[clock.callback])
+        args = DistillationConfig(
+            output_dir=out,
+            per_device_train_batch_size=batch,
+            max_steps=steps,
+            learning_rate=LR,
+            beta=beta,
+            max_completion_length=NEW_TOKENS,
+            temperature=1.0,
+            logging_steps=10**6,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            dataloader_num_workers=0,
+            lr_scheduler_type="cosine",
+            warmup_steps=0,
+            seed=0,
+        )
+        trainer = DistillationTrainer(
+            model=AutoModelForCausalLM.from_pretrained(m.student),
+            teacher_model=AutoModelForCausalLM.from_pretrained(m.teacher),
+            args=args,
+            train_dataset=data,
+            processing_class=tok,
+            callbacks=[clock.callback],
+        )
         trainer.train()
     return clock.seconds
 
@@ -144,8 +199,10 @@ def run_trl_distillation(beta: float, steps: int, batch: int, home: str) -> floa
 PAIRS = {
     "fkl": (("kdbench", "fkl", {}), ("trl-gkd", 0.0, 0.0)),
     "gkd": (("kdbench", "gkd", {"lmbda": 0.5, "beta": 0.5, "max_new_tokens": NEW_TOKENS}), ("trl-gkd", 0.5, 0.5)),
-    "on-policy": (("kdbench", "gkd", {"lmbda": 1.0, "beta": 0.5, "max_new_tokens": NEW_TOKENS}),
-                  ("trl-distillation", 0.5)),
+    "on-policy": (
+        ("kdbench", "gkd", {"lmbda": 1.0, "beta": 0.5, "max_new_tokens": NEW_TOKENS}),
+        ("trl-distillation", 0.5),
+    ),
 }
 
 
@@ -170,25 +227,42 @@ def main() -> None:
     if a.worker:
         print(json.dumps({"seconds": worker(json.loads(a.worker), a.steps, a.batch, a.home)}))
         return
-    from kdbench.data import tokenize_example
     from transformers import AutoTokenizer
+
+    from kdbench.data import tokenize_example
 
     _, m, rows = fixture(a.home)  # build once, before anything is timed
     tok = AutoTokenizer.from_pretrained(m.student)
-    mean_tokens = statistics.mean(len(tokenize_example(tok, r["prompt"], r["response"], max_length=192)["input_ids"])
-                                  for r in rows)
+    mean_tokens = statistics.mean(
+        len(tokenize_example(tok, r["prompt"], r["response"], max_length=192)["input_ids"]) for r in rows
+    )
     tokens = a.steps * a.batch * mean_tokens
-    print(f"law tiny teacher/student, {len(rows)} examples, {a.steps} steps x batch {a.batch}, "
-          f"{mean_tokens:.1f} tokens/example, {NEW_TOKENS} new tokens on-policy; median of {a.repeats}")
+    print(
+        f"law tiny teacher/student, {len(rows)} examples, {a.steps} steps x batch {a.batch}, "
+        f"{mean_tokens:.1f} tokens/example, {NEW_TOKENS} new tokens on-policy; median of {a.repeats}"
+    )
     print("| pair | kdbench tokens/s | TRL tokens/s | speed-up |")
     print("|---|---|---|---|")
     for name in a.pairs.split(","):
         times = {"kdbench": [], "trl": []}
         for _ in range(a.repeats):
             for side, spec in zip(("kdbench", "trl"), PAIRS[name], strict=True):
-                out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec), "--steps", str(a.steps),
-                                      "--batch", str(a.batch), "--home", a.home],
-                                     capture_output=True, text=True)
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--worker",
+                        json.dumps(spec),
+                        "--steps",
+                        str(a.steps),
+                        "--batch",
+                        str(a.batch),
+                        "--home",
+                        a.home,
+                    ],
+                    capture_output=True,
+                    text=True,
+                )
                 if out.returncode:
                     raise SystemExit(f"{name}/{side} failed:\n{out.stderr[-3000:]}")
                 times[side].append(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])

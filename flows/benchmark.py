@@ -4,20 +4,22 @@ across the packs."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.domain import summarize, wait_pack
+from flows.domain import summarize, wait_pack, where_to_look
 from flows.tasks import report, submit_pack
 from kdbench import tracking
 from kdbench.config import RunConfig
-from kdbench.preflight import preflight
+from kdbench.log import get_logger
 from kdbench.packs import load_pack
+from kdbench.preflight import preflight
+
+log = get_logger("flows")
 
 
-@flow(name="kdbench-benchmark", persist_result=True, task_runner=ThreadPoolTaskRunner(max_workers=8))
+# Prefect types flow(task_runner=) as TaskRunner[PrefectFuture], which its own ThreadPoolTaskRunner is not
+@flow(name="kdbench-benchmark", persist_result=True, task_runner=ThreadPoolTaskRunner(max_workers=8))  # pyright: ignore[reportCallIssue, reportArgumentType]
 def benchmark_flow(config: dict, packs: list[str]) -> dict:
     """``config``: a resolved RunConfig (its ``pack`` is replaced by each of ``packs``)."""
     rc = RunConfig.model_validate(config)
@@ -30,10 +32,13 @@ def benchmark_flow(config: dict, packs: list[str]) -> dict:
     per_pack = {name: report.submit({**config, "pack": ref}) for name, ref in zip(names, packs, strict=True)}
     overall = report.submit(config, names, "benchmark").result()
     for name, ref in zip(names, packs, strict=True):
-        summarize(RunConfig.model_validate({**config, "pack": ref}), name, done[name])
+        log.info(summarize(RunConfig.model_validate({**config, "pack": ref}), name, done[name]))
     uri = tracking.tracking_uri(rc)
-    print(f"[kdbench] leaderboard across {', '.join(names)}: {Path(overall['markdown']).resolve()}"
-          + (f" (and {Path(overall['html']).resolve()})" if overall.get("html") else ""))
-    print(f"[kdbench] MLflow runs: {uri}\n[kdbench] open the UI: {tracking.ui_command(uri)}")
-    return {"packs": names, "report": overall, "pack_reports": {n: f.result() for n, f in per_pack.items()},
-            "results": {n: d["rows"] for n, d in done.items()}, "tracking_uri": uri}
+    where_to_look(overall, uri, f"leaderboard across {', '.join(names)}")
+    return {
+        "packs": names,
+        "report": overall,
+        "pack_reports": {n: f.result() for n, f in per_pack.items()},
+        "results": {n: [r.model_dump() for r in d["rows"]] for n, d in done.items()},
+        "tracking_uri": uri,
+    }

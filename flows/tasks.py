@@ -15,75 +15,89 @@ team setup, work-pool concurrency limits bound runs per pool (see README).
 
 from __future__ import annotations
 
+import torch
 from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from kdbench import steps
+from kdbench import names, steps
 from kdbench.locks import gpu_slot
+from kdbench.log import get_logger
+
+log = get_logger("flows")
 
 CACHED = {"cache_policy": TASK_SOURCE + INPUTS, "persist_result": True}
 
 
 def slots(config: dict) -> int:
-    import torch
-
     return config.get("orchestration", {}).get("gpu_slots") or max(1, torch.cuda.device_count())
 
 
 @task(name="prepare-models", **CACHED)
-def prepare_models(config: dict) -> dict:
+def prepare_models(config: dict) -> steps.Models:
     with gpu_slot(slots(config)):
         return steps.prepare_models(config)
 
 
 @task(name="elicit", **CACHED)
-def elicit(config: dict, models: dict) -> dict:
+def elicit(config: dict, models: steps.Models) -> steps.Elicited:
     with gpu_slot(slots(config)):
         return steps.elicit_step(config, models)
 
 
 @task(name="build-dataset", **CACHED)
-def build_dataset(config: dict, elicited: dict, models: dict) -> dict:
+def build_dataset(config: dict, elicited: steps.Elicited, models: steps.Models) -> steps.Data:
     with gpu_slot(slots(config)):  # the feature method runs the teacher here
         return steps.dataset_step(config, elicited, models)
 
 
 @task(name="evaluate-baseline", task_run_name="{config[pack]}-evaluate-{role}-{index}", **CACHED)
-def baseline(config: dict, role: str, models: dict, index: int, data: dict) -> dict:
+def baseline(config: dict, role: str, models: steps.Models, index: int, data: steps.Data) -> steps.Evaluation:
     with gpu_slot(slots(config)):
         return steps.baseline_step(config, role, models, index, data)
 
 
 @task(name="distill-and-evaluate", task_run_name="{config[pack]}-{algorithm}-seed{seed}-student{index}", **CACHED)
-def student(config: dict, algorithm: str, seed: int, models: dict, index: int, data: dict, teacher_eval: dict,
-            before_eval: dict) -> dict:
+def student(
+    config: dict,
+    algorithm: str,
+    seed: int,
+    models: steps.Models,
+    index: int,
+    data: steps.Data,
+    teacher_eval: steps.Evaluation,
+    before_eval: steps.Evaluation,
+) -> steps.StudentResult:
     with gpu_slot(slots(config)):
         return steps.student_step(config, algorithm, seed, models, index, data, teacher_eval, before_eval)
 
 
 @task(name="report")
-def report(config: dict, packs: list[str] | None = None, name: str | None = None, wait_for_rows=None) -> dict:
+def report(config: dict, packs: list[str] | None = None, name: str | None = None) -> dict:
     return steps.report_step(config, packs, name)
 
 
 def submit_pack(config: dict) -> dict:
-    """Submit one pack's whole graph; returns its futures (nothing waits here)."""
-    n_students = len(config["models"]["students"])
+    """Submit one pack's whole graph; returns its futures (nothing waits here): models, elicited, data,
+    teacher, befores (one per student) and rows.
+
+    The tasks' parameters are typed as what the step receives; they are given the futures of earlier
+    tasks, which Prefect resolves to their results before the task runs (and waits on), hence the
+    reportArgumentType ignores below."""
     models = prepare_models.submit(config)
-    elicited = elicit.submit(config, models)
-    data = build_dataset.submit(config, elicited, models)
-    t_eval = baseline.submit(config, "teacher", models, 0, data)
-    rows = []
-    for i in range(n_students):
-        b_eval = baseline.submit(config, "student_before", models, i, data)
+    elicited = elicit.submit(config, models)  # pyright: ignore[reportArgumentType]
+    data = build_dataset.submit(config, elicited, models)  # pyright: ignore[reportArgumentType]
+    t_eval = baseline.submit(config, names.ROLE_TEACHER, models, 0, data)  # pyright: ignore[reportArgumentType]
+    befores, rows = [], []
+    for i in range(len(config["models"]["students"])):
+        b_eval = baseline.submit(config, names.ROLE_BEFORE, models, i, data)  # pyright: ignore[reportArgumentType]
+        befores.append(b_eval)
         for algo in config["distill"]["algorithms"]:
             for seed in config["distill"]["seeds"]:
-                rows.append(student.submit(config, algo, seed, models, i, data, t_eval, b_eval))
-    return {"models": models, "elicited": elicited, "data": data, "teacher": t_eval, "rows": rows,
-            "before": b_eval}
+                row = student.submit(config, algo, seed, models, i, data, t_eval, b_eval)  # pyright: ignore[reportArgumentType]
+                rows.append(row)
+    return {"models": models, "elicited": elicited, "data": data, "teacher": t_eval, "befores": befores, "rows": rows}
 
 
 def cached_note(future, label: str) -> None:
-    state = future.state
-    if state.name == "Cached":
-        print(f"[kdbench] {label}: cached result reused (Prefect)")
+    if future.state.name == "Cached":
+        log.info(f"{label}: cached result reused (Prefect)")

@@ -1,22 +1,44 @@
-"""The `kdbench` command: run packs, list algorithms, manage packs, write reports."""
+"""The `kdbench` command: run packs, list algorithms, manage packs, write reports, show the config.
+
+Command output (tables, paths) goes to stdout with print; progress and
+diagnostics go through the ``kdbench`` logger. Flows and the report are imported
+when a command needs them: Prefect, MLflow and matplotlib cost seconds to
+import, which `kdbench algorithms` or `kdbench packs list` should not pay.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
-from kdbench.errors import KdbenchError
+import yaml
+
+from kdbench import config as run_config
+from kdbench import log as kdlog
+from kdbench import schedule
+from kdbench.distill.registry import ALGORITHMS
+from kdbench.errors import KdbenchError, RuntimeFailure, UserError
+from kdbench.packs import list_packs, load_pack
+from kdbench.packs.scaffold import scaffold
+from kdbench.preflight import preflight
 
 
 def _quiet_env() -> None:
     """Defaults for a machine that may be offline: no telemetry, no stray network look-ups."""
-    for k, v in {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                 "DO_NOT_TRACK": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false",
-                 "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
-                 # the temporary local server can take over 20 s to start on a busy 2-core machine
-                 "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}.items():
+    for k, v in {
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+        # the temporary local server can take over 20 s to start on a busy 2-core machine
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    }.items():
         os.environ.setdefault(k, v)
 
 
@@ -36,13 +58,23 @@ def run_overrides(a: argparse.Namespace) -> dict:
     """Flags -> a nested dict over the run config (flags win over the YAML)."""
 
     o: dict = {"pack": a.pack}
-    simple = {"home": a.home, "report_dir": a.report_dir, "device": a.device, "models.teacher": a.teacher,
-              "models.students": _csv(a.students), "distill.algorithms": _csv(a.algorithms),
-              "distill.seeds": [int(s) for s in _csv(a.seeds)] if a.seeds else None,
-              "elicit.methods": _csv(a.methods), "elicit.backend": a.backend, "elicit.limit": a.seed_limit,
-              "eval.limit": a.eval_limit, "eval.public": True if a.public else None,
-              "tracking.uri": a.tracking_uri, "distill.train.epochs": a.epochs,
-              "distill.train.lora": True if a.lora else None}
+    simple = {
+        "home": a.home,
+        "report_dir": a.report_dir,
+        "device": a.device,
+        "models.teacher": a.teacher,
+        "models.students": _csv(a.students),
+        "distill.algorithms": _csv(a.algorithms),
+        "distill.seeds": [int(s) for s in _csv(a.seeds) or []] if a.seeds else None,
+        "elicit.methods": _csv(a.methods),
+        "elicit.backend": a.backend,
+        "elicit.limit": a.seed_limit,
+        "eval.limit": a.eval_limit,
+        "eval.public": True if a.public else None,
+        "tracking.uri": a.tracking_uri,
+        "distill.train.epochs": a.epochs,
+        "distill.train.lora": True if a.lora else None,
+    }
     for k, v in simple.items():
         if v is not None:
             _set(o, k, v)
@@ -52,24 +84,20 @@ def run_overrides(a: argparse.Namespace) -> dict:
 
 
 def _parse_set(overrides: dict, item: str) -> None:
-    import yaml
-
     if "=" not in item:
-        raise KdbenchError(f"--set {item!r}: expected KEY=VALUE, e.g. --set distill.hparams.jsd.beta=0.9")
+        raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set distill.hparams.jsd.beta=0.9")
     k, v = item.split("=", 1)
     _set(overrides, k.strip(), yaml.safe_load(v))
 
 
 def cmd_run(a: argparse.Namespace) -> int:
     """One pack: the domain flow. Several (comma-separated): the benchmark flow, one report across them."""
-    from kdbench.config import load_config
-    from kdbench.preflight import preflight
-
     packs = _csv(a.pack) or []
     a.pack = packs[0] if packs else a.pack
-    cfg = load_config(a.config, run_overrides(a))
+    cfg = run_config.load_config(a.config, run_overrides(a))
     for p in packs:  # every pack checked before anything starts
         preflight(cfg.model_copy(update={"pack": p}))
+    a.log_file = kdlog.setup(debug=a.debug, home=cfg.home_path)  # bad input above leaves no home behind
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(cfg.home_path / "prefect-results"))
     if len(packs) > 1:
         from flows.benchmark import benchmark_flow
@@ -83,8 +111,6 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def cmd_schedule(a: argparse.Namespace) -> int:
-    from kdbench import schedule
-
     over: dict = {}
     for item in a.set or []:
         _parse_set(over, item)
@@ -93,20 +119,17 @@ def cmd_schedule(a: argparse.Namespace) -> int:
 
 
 def cmd_algorithms(a: argparse.Namespace) -> int:
-    from kdbench.distill.registry import ALGORITHMS
-
     width = max(map(len, ALGORITHMS))
     for name, algo in ALGORITHMS.items():
         box = "white-box" if algo.white_box else "black-box"
         print(f"{name:<{width}}  {algo.family:<24} {box:<9}  {algo.summary}")
-        defaults = ", ".join(f"{k}={v}" for k, v in algo.config().model_dump().items())
-        print(f"{'':<{width}}  defaults: {defaults or 'none'}")
+        if a.defaults:
+            defaults = ", ".join(f"{k}={v}" for k, v in algo.config().model_dump().items())
+            print(f"{'':<{width}}  defaults: {defaults or 'none'}")
     return 0
 
 
 def cmd_packs(a: argparse.Namespace) -> int:
-    from kdbench.packs import list_packs, load_pack
-
     if a.packs_cmd == "list":
         packs = list_packs()
         if not packs:
@@ -130,17 +153,16 @@ def cmd_packs(a: argparse.Namespace) -> int:
                 print(f"FAILED: {e}", file=sys.stderr)
         return 1 if failed else 0
     if a.packs_cmd == "new":
-        from kdbench.packs.scaffold import scaffold
-
         root = scaffold(a.name, Path(a.dir))
-        print(f"created pack {a.name!r} at {root}\nnext: edit its files, then `kdbench packs validate {root}` "
-              f"and `kdbench run {root}` (see {root / 'README.md'})")
+        print(
+            f"created pack {a.name!r} at {root}\nnext: edit its files, then `kdbench packs validate {root}` "
+            f"and `kdbench run {root}` (see {root / 'README.md'})"
+        )
         return 0
     return 2
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from kdbench.config import load_config
     from kdbench.report import write_report
 
     # an unreachable tracking server should fail in seconds, not after MLflow's minutes of retries
@@ -151,26 +173,49 @@ def cmd_report(a: argparse.Namespace) -> int:
         over["home"] = a.home
     if a.tracking_uri:
         _set(over, "tracking.uri", a.tracking_uri)
-    cfg = load_config(a.config, over)
-    paths = write_report(cfg, packs=_csv(a.pack), algorithms=_csv(a.algorithms), since=a.since, out_dir=a.out,
-                         name=a.name, ui_url=a.mlflow_ui_url)
+    cfg = run_config.load_config(a.config, over)
+    paths = write_report(
+        cfg,
+        packs=_csv(a.pack),
+        algorithms=_csv(a.algorithms),
+        since=a.since,
+        out_dir=a.out,
+        name=a.name,
+        ui_url=a.mlflow_ui_url,
+    )
     for k, v in paths.items():
         print(f"{k}: {Path(v).resolve()}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from kdbench.distill.registry import ALGORITHMS
+def cmd_config(a: argparse.Namespace) -> int:
+    """The resolved config of a run (defaults < --config < --set), every key with its help text."""
+    over: dict = {"pack": a.pack}
+    for item in a.set or []:
+        _parse_set(over, item)
+    print(run_config.show(run_config.load_config(a.config, over)), end="")
+    return 0
 
-    p = argparse.ArgumentParser(prog="kdbench", description="Benchmark knowledge distillation of LLMs into domain "
-                                "verticals (Prefect flows, lm-eval, MLflow).")
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kdbench",
+        description="Benchmark knowledge distillation of LLMs into domain verticals (Prefect flows, lm-eval, MLflow).",
+    )
+    p.add_argument("--debug", action="store_true", help="debug logging, and a failure's full traceback")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    r = sub.add_parser("run", help="run the benchmark flow for one pack",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="algorithms:\n" + "\n".join(f"  {n:<8} {a.summary}" for n, a in ALGORITHMS.items()))
-    r.add_argument("pack", help="pack name (see `kdbench packs list`) or path to a pack folder; several, "
-                   "comma-separated, run as one benchmark with a report across them")
+    r = sub.add_parser(
+        "run",
+        help="run the benchmark flow for one pack",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="algorithms:\n" + "\n".join(f"  {n:<8} {a.summary}" for n, a in ALGORITHMS.items()),
+    )
+    r.add_argument(
+        "pack",
+        help="pack name (see `kdbench packs list`) or path to a pack folder; several, "
+        "comma-separated, run as one benchmark with a report across them",
+    )
     r.add_argument("--config", help="run config YAML (flags override it)")
     r.add_argument("--teacher", help="teacher: hub id, local path, or 'tiny' (default: tiny)")
     r.add_argument("--students", help="comma-separated students (default: tiny)")
@@ -187,19 +232,36 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--public", action="store_true", help="also evaluate on the pack's public lm-eval tasks")
     r.add_argument("--seed-limit", type=int, help="use only the first N seeds (quick looks)")
     r.add_argument("--eval-limit", type=int, help="evaluate on the first N items per task (quick looks)")
-    r.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="any config key, e.g. --set distill.hparams.jsd.beta=0.9 (repeatable)")
+    r.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any config key, e.g. --set distill.hparams.jsd.beta=0.9 (repeatable)",
+    )
     r.set_defaults(fn=cmd_run)
 
-    sc = sub.add_parser("schedule", help="serve the deployments of prefect.yaml on their cron schedules "
-                        "(needs a Prefect server: see README, Scheduling)")
+    sc = sub.add_parser(
+        "schedule",
+        help="serve the deployments of prefect.yaml on their cron schedules "
+        "(needs a Prefect server: see README, Scheduling)",
+    )
     sc.add_argument("--only", help="comma-separated deployment names (default: all)")
-    sc.add_argument("--set", action="append", metavar="KEY=VALUE",
-                    help="override a run-config key in every served deployment (repeatable)")
+    sc.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a run-config key in every served deployment (repeatable)",
+    )
     sc.add_argument("--limit", type=int, help="flow runs at once (default: unlimited)")
     sc.set_defaults(fn=cmd_schedule)
 
     al = sub.add_parser("algorithms", help="list the distillation algorithms")
+    al.add_argument(
+        "--defaults",
+        action="store_true",
+        help="also each algorithm's hyperparameter defaults "
+        "(set them with --set distill.hparams.<algorithm>.<key>=...)",
+    )
     al.set_defaults(fn=cmd_algorithms)
 
     pk = sub.add_parser("packs", help="list, validate or create domain packs")
@@ -220,20 +282,53 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--home", help="run home holding the default SQLite DB (default: .kdbench)")
     rp.add_argument("--config", help="run config YAML to read tracking settings from")
     rp.add_argument("--out", help="output folder (default: reports/leaderboards)")
-    rp.add_argument("--name", help="file name of the report: <out>/<name>.md, .html, <name>-*.png "
-                    "(default: the pack for one pack, else 'leaderboard')")
-    rp.add_argument("--mlflow-ui-url", help="where the MLflow UI runs, for run links when the tracking URI is not "
-                    "a server (default: http://127.0.0.1:5000, what `mlflow ui` serves)")
+    rp.add_argument(
+        "--name",
+        help="file name of the report: <out>/<name>.md, .html, <name>-*.png "
+        "(default: the pack for one pack, else 'leaderboard')",
+    )
+    rp.add_argument(
+        "--mlflow-ui-url",
+        help="where the MLflow UI runs, for run links when the tracking URI is not "
+        "a server (default: http://127.0.0.1:5000, what `mlflow ui` serves)",
+    )
     rp.set_defaults(fn=cmd_report)
+
+    cf = sub.add_parser("config", help="print the resolved run config with every key's help text")
+    cf.add_argument("pack", nargs="?", default="law", help="the pack the config is for (default: law)")
+    cf.add_argument("--show", action="store_true", help="print it (the default, and only, action)")
+    cf.add_argument("--config", help="run config YAML to resolve")
+    cf.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key (repeatable)")
+    cf.set_defaults(fn=cmd_config)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done, 2 bad input (a user error: the message alone), 1 a step failed while running (the
+    message, and its traceback with --debug or in the run's log file)."""
     _quiet_env()
     args = build_parser().parse_args(argv)
+    kdlog.setup(debug=args.debug)
     try:
         return args.fn(args)
-    except KdbenchError as e:
+    except UserError as e:
+        print(f"kdbench: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeFailure as e:
+        logging.getLogger(kdlog.ROOT).debug("traceback of the failure", exc_info=e)  # into the log file
+        where = getattr(args, "log_file", None)
+        print(f"kdbench: failed: {e}", file=sys.stderr)
+        if args.debug:
+            traceback.print_exception(e, file=sys.stderr)
+        else:
+            print(
+                f"kdbench: the traceback is in {where}, or rerun with --debug"
+                if where
+                else "kdbench: rerun with --debug for the traceback",
+                file=sys.stderr,
+            )
+        return 1
+    except KdbenchError as e:  # raised on purpose, of neither kind
         print(f"kdbench: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,8 +1,10 @@
 """Run configuration: typed, YAML in, resolved config out.
 
 Precedence: defaults < run YAML (``--config``) < command-line flags. The
-resolved config is logged to MLflow as an artifact with every run. Algorithm
-hyperparameters live in :mod:`kdbench.distill.config`, keyed by algorithm.
+resolved config is logged to MLflow as an artifact with every run. Every key's
+docstring is its help text (``kdbench config --show`` prints them). Algorithm
+hyperparameters are typed per algorithm in kdbench/distill/ and set under
+``distill.hparams.<algorithm>``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import PydanticUndefined
 
 from kdbench.errors import ConfigError, did_you_mean
 
@@ -19,139 +22,234 @@ TINY = "tiny"  # model reference meaning "the embedded default, built locally fo
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # a field's docstring is its help text: `kdbench config --show` prints it beside the value
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 class TinyModelSpec(_Strict):
     """A small Llama-style architecture for the embedded default."""
 
     hidden_size: int
+    """width of the hidden states"""
     num_layers: int
+    """transformer blocks"""
     num_heads: int
+    """attention heads (key/value heads are as many)"""
     intermediate_size: int
+    """width of the MLP"""
 
 
 class TinyConfig(_Strict):
     """How the embedded default builds its tokenizer, teacher and student."""
 
     vocab_size: int = 2048
+    """BPE vocabulary the tokenizer is trained to"""
     max_positions: int = 256
+    """context length of both models"""
     teacher: TinyModelSpec = TinyModelSpec(hidden_size=192, num_layers=4, num_heads=4, intermediate_size=512)
+    """the teacher's architecture"""
     student: TinyModelSpec = TinyModelSpec(hidden_size=96, num_layers=2, num_heads=4, intermediate_size=256)
+    """the student's architecture"""
     teacher_epochs: float = 10.0
+    """epochs of the teacher's training on the pack's knowledge"""
     teacher_lr: float = 2e-3
+    """the teacher's learning rate"""
     teacher_batch_size: int = 16
+    """the teacher's batch size"""
     teacher_weight_decay: float = 0.0
-    teacher_cues: int = 4  # noisy cue prompts per fact in the teacher's curriculum (see models/tiny.py)
+    """the teacher's AdamW weight decay"""
+    teacher_cues: int = 4
+    """noisy cue prompts per fact in the teacher's curriculum (see models/tiny.py)"""
     seed: int = 1234
+    """seed of the models' initialisation and the curriculum"""
 
 
 class ModelsConfig(_Strict):
+    """Which teacher and students; any Hugging Face id or local folder, or `tiny`."""
+
     teacher: str = TINY
+    """teacher: hub id, local path, or tiny (built here for the pack)"""
     students: list[str] = [TINY]
+    """students, each distilled with every algorithm and seed"""
     revision: str | None = None
-    trust_remote_code: bool = False  # off unless the user turns it on (DESIGN.md)
+    """hub revision of the teacher (a commit, tag or branch)"""
+    trust_remote_code: bool = False
+    """run model code shipped with a hub model; off unless you trust it"""
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    """weights' dtype when loading models"""
 
 
 class ElicitConfig(_Strict):
+    """How knowledge is drawn out of the teacher (survey, section 3)."""
+
     methods: list[str] = ["labeling"]
+    """elicitation methods: labeling, expansion, curation, feedback, self_knowledge, feature"""
     backend: Literal["auto", "hf", "vllm", "openai"] = "auto"
+    """teacher backend; auto: vllm with a GPU and a vLLM environment, else hf"""
     max_new_tokens: int = 64
-    temperature: float = 0.0  # 0 = greedy
+    """tokens the teacher may write per answer"""
+    temperature: float = 0.0
+    """sampling temperature of labeling; 0 is greedy"""
     top_p: float = 1.0
+    """nucleus sampling of labeling (with temperature > 0)"""
     batch_size: int = 32
-    limit: int | None = None  # use only the first N seeds (tests, quick looks)
-    rationale: bool = False  # labeling: ask for a chain of thought before the answer
-    expansion_per_topic: int = 8  # new inputs the teacher writes per topic (self-instruct style)
-    expansion_demos: int = 3  # seed demonstrations shown per request
+    """requests per generation batch (hf, vllm)"""
+    limit: int | None = None
+    """use only the first N seeds (tests, quick looks)"""
+    rationale: bool = False
+    """labeling: ask for a chain of thought before the answer"""
+    expansion_per_topic: int = 8
+    """new inputs the teacher writes per topic (self-instruct style)"""
+    expansion_demos: int = 3
+    """seed demonstrations shown per expansion request"""
     expansion_temperature: float = 0.8
-    curation_per_topic: int = 6  # inputs written from the pack's topics and description alone
-    curation_documents_per_topic: int = 2  # inputs written from one of the topic's knowledge documents each
-    dedup_rouge: float = 0.7  # a new input this close (ROUGE-L F1) to an existing one is a near-duplicate
-    judge: Literal["auto", "likelihood", "prompt"] = "auto"  # how the teacher judges answers
-    self_knowledge_samples: int = 2  # student samples per seed
+    """sampling temperature of expansion and curation"""
+    curation_per_topic: int = 6
+    """inputs written from the pack's topics and description alone"""
+    curation_documents_per_topic: int = 2
+    """inputs written from one of the topic's knowledge documents each"""
+    dedup_rouge: float = 0.7
+    """a new input this close (ROUGE-L F1) to an existing one is a near-duplicate"""
+    judge: Literal["auto", "likelihood", "prompt"] = "auto"
+    """how the teacher judges answers: its likelihood (white-box) or by being asked (black-box); auto picks"""
+    self_knowledge_samples: int = 2
+    """student samples per seed"""
     self_knowledge_temperature: float = 0.8
-    self_knowledge_margin: float = 1.0  # keep a student answer within this many nats/token of the teacher's own
-    # sft on the teacher's labels before the student samples (ReST-style). auto: the epochs of
-    # distill.train for the embedded tiny student, which starts untrained; 0 for any other student
+    """the student's sampling temperature for self-knowledge"""
+    self_knowledge_margin: float = 1.0
+    """keep a student answer within this many nats/token of the teacher's own"""
     self_knowledge_warmup_epochs: float | Literal["auto"] = "auto"
-    feature_topk: int = 64  # teacher log-probs kept per token by the feature method
-    vllm_python: str | None = None  # Python of the environment with vLLM (default: .venv-vllm, see backends)
+    """sft on the teacher's labels before the student samples (ReST-style); auto: distill.train.epochs for the
+    embedded tiny student, which starts untrained, 0 for any other student"""
+    feature_topk: int = 64
+    """teacher log-probs kept per token by the feature method"""
+    vllm_python: str | None = None
+    """Python of the environment with vLLM (default: .venv-vllm, see README)"""
     openai_base_url: str | None = None
+    """OpenAI-compatible endpoint of the openai backend (the key comes from the environment only)"""
     openai_model: str | None = None
+    """model name at that endpoint (default: the teacher reference)"""
     openai_concurrency: int = 4
+    """requests in flight at once to that endpoint"""
 
 
 class TrainConfig(_Strict):
     """Shared by every algorithm; per-algorithm knobs live in ``DistillConfig.hparams``."""
 
-    epochs: float = 24.0  # tiny students on a few hundred examples need many passes
+    epochs: float = 24.0
+    """passes over the distillation data (tiny students on a few hundred examples need many)"""
     max_steps: int | None = None
+    """stop after this many optimizer steps instead (overrides epochs)"""
     batch_size: int = 16
+    """examples per step"""
     lr: float = 3e-3
+    """peak learning rate of AdamW"""
     weight_decay: float = 0.0
+    """AdamW weight decay"""
     warmup_ratio: float = 0.05
+    """share of steps with a linear warm-up before the cosine decay"""
     max_length: int = 192
+    """tokens per example (prompt cut from the left, response from the right)"""
     grad_clip: float = 1.0
+    """gradient-norm clip; 0 turns it off"""
     save_every: int = 100
+    """steps between checkpoints (a killed run resumes from the last one)"""
     log_every: int = 10
+    """steps between points of the training curve in MLflow"""
     lora: bool = False
+    """train LoRA adapters (peft) instead of every weight; merged when saved"""
     lora_r: int = 16
+    """LoRA rank"""
     lora_alpha: int = 32
+    """LoRA scaling"""
 
 
 class DistillConfig(_Strict):
+    """Which algorithms, seeds and training settings."""
+
     algorithms: list[str] = ["sft", "fkl"]
+    """algorithms to distill with (see `kdbench algorithms`)"""
     seeds: list[int] = [0, 1]
+    """seeds; each algorithm trains once per seed"""
     train: TrainConfig = TrainConfig()
-    hparams: dict[str, dict[str, Any]] = {}  # algorithm -> overrides of its typed defaults
-    # where white-box divergences get teacher logits: the feature method's top-k cache when the
-    # dataset has one (auto), always the teacher in memory (online), or only the cache (topk)
+    """training settings every algorithm shares"""
+    hparams: dict[str, dict[str, Any]] = {}
+    """algorithm -> overrides of its typed defaults, e.g. {jsd: {beta: 0.9}}"""
     teacher_logits: Literal["auto", "online", "topk"] = "auto"
+    """where white-box divergences get teacher logits: the feature method's top-k cache when the dataset has one
+    (auto), always the teacher in memory (online), or only the cache (topk)"""
 
 
 class EvalConfig(_Strict):
-    tasks: list[str] | None = None  # default: every local task of the pack
-    public: bool = False  # also run the pack's public_tasks (needs hub access)
+    """How lm-evaluation-harness scores teacher and students."""
+
+    tasks: list[str] | None = None
+    """the pack's local tasks to run (default: all of them)"""
+    public: bool = False
+    """also run the pack's public lm-eval tasks (needs the hub)"""
     limit: int | None = None
+    """evaluate on at most N items per task (quick looks)"""
     batch_size: int = 32
+    """lm-eval batch size"""
     max_gen_toks: int = 48
+    """tokens a model may generate per generative item"""
     apply_chat_template: Literal["auto", "yes", "no"] = "auto"
-    samples_per_task: int = 5  # generations kept for the report
+    """render prompts with the model's chat template; auto: when it has one"""
+    samples_per_task: int = 5
+    """generations kept per task for the report's side-by-side samples"""
 
 
 class TrackingConfig(_Strict):
-    uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else SQLite under home
+    """Where results are tracked."""
+
+    uri: str | None = None
+    """MLflow tracking URI; default $MLFLOW_TRACKING_URI, else SQLite under home"""
     experiment_prefix: str = "kdbench"
+    """experiments are named <prefix>-<pack>"""
 
 
 class OrchestrationConfig(_Strict):
-    gpu_slots: int | None = None  # heavy tasks at once (default: the number of GPUs, 1 on CPU)
+    """How steps share this machine."""
+
+    gpu_slots: int | None = None
+    """heavy tasks at once (default: the number of GPUs, 1 on CPU)"""
 
 
 class RunConfig(_Strict):
+    """One run: a pack, its models, and every step's settings."""
+
     pack: str
-    home: str = ".kdbench"  # caches, checkpoints, Prefect results, the SQLite tracking DB
+    """pack name or folder (see `kdbench packs list`)"""
+    home: str = ".kdbench"
+    """caches, checkpoints, Prefect results, logs and the SQLite tracking DB"""
     report_dir: str = "reports/leaderboards"
+    """where leaderboards are written"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """where models run; auto: cuda when present"""
     tiny: TinyConfig = TinyConfig()
+    """the embedded default models"""
     models: ModelsConfig = ModelsConfig()
+    """teacher and students"""
     elicit: ElicitConfig = ElicitConfig()
+    """knowledge elicitation"""
     distill: DistillConfig = DistillConfig()
+    """distillation"""
     eval: EvalConfig = EvalConfig()
+    """evaluation"""
     tracking: TrackingConfig = TrackingConfig()
+    """tracking"""
     orchestration: OrchestrationConfig = OrchestrationConfig()
+    """orchestration"""
 
     @property
     def home_path(self) -> Path:
         return Path(self.home).resolve()
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -187,7 +285,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
             raise ConfigError(f"{p}{f':line {mark.line + 1}' if mark else ''}: not valid YAML: {e}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: must be a mapping of keys (pack, models, distill, ...)")
-    merged = _merge(raw, overrides or {})
+    merged = merge(raw, overrides or {})
     try:
         return RunConfig.model_validate(merged)
     except ValidationError as e:
@@ -208,4 +306,26 @@ def device_for(cfg: RunConfig) -> str:
     return cfg.device
 
 
-__all__ = ["TINY", "RunConfig", "load_config", "dump_config", "device_for", "Field"]
+def show(cfg: RunConfig) -> str:
+    """The resolved config as YAML, each key with its help text as a comment ("default" where unchanged)."""
+    lines: list[str] = []
+
+    def walk(model: BaseModel, indent: str) -> None:
+        for name, field in type(model).model_fields.items():
+            value = getattr(model, name)
+            doc = " ".join((field.description or "").split())
+            if isinstance(value, BaseModel):
+                lines.append(f"{indent}{name}:{f'  # {doc}' if doc else ''}")
+                walk(value, indent + "  ")
+                continue
+            text = yaml.safe_dump({name: value}, default_flow_style=True, width=10_000).strip().removeprefix("{")
+            text = text.removesuffix("}")
+            unchanged = field.default is not PydanticUndefined and value == field.default
+            note = "; ".join(p for p in (doc, "default" if unchanged else "") if p)
+            lines.append(f"{indent}{text}{f'  # {note}' if note else ''}")
+
+    walk(cfg, "")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["TINY", "RunConfig", "load_config", "dump_config", "device_for", "show"]

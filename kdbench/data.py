@@ -17,19 +17,13 @@ from pathlib import Path
 
 import torch
 
+from kdbench.log import get_logger
+
+log = get_logger(__name__)
+
 # The same wording as the pack eval tasks' doc_to_text (evals/templates), so a
 # model is trained and evaluated on one prompt format.
 QUESTION_TEMPLATE = "Question: {prompt}\nAnswer:"
-
-
-def render_prompt(tokenizer, prompt: str, system: str | None = None, *, wrap: bool = True) -> str:
-    """The text a model sees before its answer.
-
-    The prompt is wrapped in QUESTION_TEMPLATE (unless wrap=False, for
-    instructions that are not questions), then put in a user turn of the
-    model's chat template when it has one, else used as plain text.
-    """
-    return render_messages(tokenizer, messages_for(prompt, system, wrap=wrap))
 
 
 def messages_for(prompt: str, system: str | None = None, *, wrap: bool = True) -> list[dict[str, str]]:
@@ -74,17 +68,18 @@ def encode_response(tokenizer, messages: list[dict[str, str]], response: str) ->
         prompt = render_messages(tokenizer, messages)
         full = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": text}], tokenize=False)
         if full.startswith(prompt):
-            ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+            ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
             if tokenizer.eos_token_id in ids:
                 return ids[: ids.index(tokenizer.eos_token_id) + 1]
-            turn = tokenizer(full[len(prompt):].rstrip(), add_special_tokens=False)["input_ids"]
+            turn = tokenizer(full[len(prompt) :].rstrip(), add_special_tokens=False)["input_ids"]
             return turn + [tokenizer.eos_token_id]
         return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return tokenizer(" " + text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
-def tokenize_example(tokenizer, prompt: str, response: str, *, system: str | None = None,
-                     max_length: int = 256, wrap: bool = True) -> dict[str, list[int]]:
+def tokenize_example(
+    tokenizer, prompt: str, response: str, *, system: str | None = None, max_length: int = 256, wrap: bool = True
+) -> dict[str, list[int]]:
     """ids = prompt ids + response ids (closing eos included); loss_mask marks the response.
 
     The sequence is the one the model's chat template writes for the exchange
@@ -98,10 +93,10 @@ def tokenize_example(tokenizer, prompt: str, response: str, *, system: str | Non
     p_ids = encode_text(tokenizer, render_messages(tokenizer, messages))
     r_ids = encode_response(tokenizer, messages, response)
     lead = p_ids[:1] if p_ids and p_ids[0] == tokenizer.bos_token_id else []
-    p_ids = p_ids[len(lead):]
+    p_ids = p_ids[len(lead) :]
     room = max_length - len(lead)
     r_ids = r_ids[: max(room // 2, room - len(p_ids))]
-    p_ids = p_ids[-(room - len(r_ids)):] if room - len(r_ids) > 0 else []
+    p_ids = p_ids[-(room - len(r_ids)) :] if room - len(r_ids) > 0 else []
     ids = lead + p_ids + r_ids
     return {"input_ids": ids, "loss_mask": [0] * (len(lead) + len(p_ids)) + [1] * len(r_ids)}
 
@@ -195,6 +190,5 @@ def read_done(path: Path) -> dict | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         aside = path.with_name(path.name + ".corrupt")
         path.replace(aside)
-        print(f"[kdbench] warning: {path} is unreadable ({type(e).__name__}); moved to {aside.name}, "
-              "the step runs again")
+        log.warning(f"{path} is unreadable ({type(e).__name__}); moved to {aside.name}, the step runs again")
         return None

@@ -17,6 +17,7 @@ from kdbench.data import content_hash, read_done, read_jsonl, write_json
 from kdbench.locks import locked
 from kdbench.packs import decontam
 from kdbench.packs.generators import verify
+from kdbench.topk import write_topk
 
 COLUMNS = ["id", "method", "topic", "prompt", "response", "chosen", "rejected"]
 
@@ -70,11 +71,18 @@ def _build(pack, rows: list[dict], out: Path, n: int) -> DatasetInfo:
     for r in clean:
         by_method[r["method"]] = by_method.get(r["method"], 0) + 1
     manifest = {
-        "pack": pack.name, "pack_version": pack.spec.version, "pack_data_hash": pack.data_hash,
-        "data_hash": content_hash([(r["prompt"], r.get("response"), r.get("chosen"), r.get("rejected"))
-                                   for r in clean]),
-        "rows_in": len(rows), "rows": len(clean), "by_method": by_method, "dropped": dropped,
-        "decontam_n": n, "decontam_rate": round(report.rate, 6),
+        "pack": pack.name,
+        "pack_version": pack.spec.version,
+        "pack_data_hash": pack.data_hash,
+        "data_hash": content_hash(
+            [(r["prompt"], r.get("response"), r.get("chosen"), r.get("rejected")) for r in clean]
+        ),
+        "rows_in": len(rows),
+        "rows": len(clean),
+        "by_method": by_method,
+        "dropped": dropped,
+        "decontam_n": n,
+        "decontam_rate": round(report.rate, 6),
         "contaminated_examples": dict(list(report.hits.items())[:20]),
     }
     write_json(out / "manifest.json", manifest)
@@ -84,13 +92,13 @@ def _build(pack, rows: list[dict], out: Path, n: int) -> DatasetInfo:
 def load_examples(info: DatasetInfo) -> list[dict]:
     import datasets
 
-    return datasets.load_from_disk(str(info.path / "data")).to_list()
+    data = datasets.load_from_disk(str(info.path / "data"))
+    assert isinstance(data, datasets.Dataset), f"{info.path / 'data'} holds a DatasetDict, not one dataset"
+    return data.to_list()
 
 
 def add_topk(info: DatasetInfo, teacher_ref: str, cfg, device: str = "cpu") -> DatasetInfo:
     """Attach the feature method's teacher top-k cache to the dataset (once; reused after)."""
-    from kdbench.elicit.feature import write_topk
-
     k, max_len = cfg.elicit.feature_topk, cfg.distill.train.max_length
     key = content_hash(teacher_ref, k, max_len)
     out = info.path / f"topk-{key}"

@@ -16,9 +16,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kdbench.data import content_hash, read_done, write_json
-from kdbench.errors import ConfigError, KdbenchError, did_you_mean
+from kdbench.errors import ConfigError, RuntimeFailure, did_you_mean
 from kdbench.locks import locked
+from kdbench.log import get_logger
 from kdbench.models.loading import identity, load_tokenizer
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -34,8 +37,10 @@ def tasks_for(pack, cfg) -> list[str]:
     tasks = cfg.eval.tasks or pack.task_names
     for t in tasks:
         if t not in pack.task_names:
-            raise ConfigError(f"eval.tasks: {t!r} is not a task of pack {pack.name!r}{did_you_mean(t, pack.task_names)}; "
-                              f"its tasks: {pack.task_names}")
+            raise ConfigError(
+                f"eval.tasks: {t!r} is not a task of pack {pack.name!r}{did_you_mean(t, pack.task_names)}; "
+                f"its tasks: {pack.task_names}"
+            )
     return list(tasks) + (list(pack.spec.public_tasks) if cfg.eval.public else [])
 
 
@@ -71,12 +76,17 @@ def _compact_samples(samples: dict) -> dict[str, list[dict]]:
             if "choices" in doc:
                 lls = [r[0] for r in s["filtered_resps"]]
                 pred = max(range(len(lls)), key=lls.__getitem__)
-                item.update(target=doc["choices"][doc["answer"]], prediction=doc["choices"][pred],
-                            correct=pred == doc["answer"])
+                item.update(
+                    target=doc["choices"][doc["answer"]], prediction=doc["choices"][pred], correct=pred == doc["answer"]
+                )
             else:
                 resp = s["filtered_resps"][0]
-                item.update(target=doc.get("answer"), prediction=resp if isinstance(resp, str) else resp[0],
-                            correct=bool(s.get("exact_match", 0)), rougeL=s.get("rougeL"))
+                item.update(
+                    target=doc.get("answer"),
+                    prediction=resp if isinstance(resp, str) else resp[0],
+                    correct=bool(s.get("exact_match", 0)),
+                    rougeL=s.get("rougeL"),
+                )
             keep.append(item)
         out[task] = keep
     return out
@@ -85,10 +95,16 @@ def _compact_samples(samples: dict) -> dict[str, list[dict]]:
 def evaluate(model_ref: str, pack, cfg, home: Path, *, device: str = "cpu", label: str = "") -> EvalResult:
     tasks = tasks_for(pack, cfg)
     if cfg.eval.public and os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", ""):
-        raise ConfigError("--public needs the public datasets from the Hugging Face hub, but this machine is "
-                          "offline (HF_DATASETS_OFFLINE=1); run without --public or on a connected machine")
-    key = content_hash(identity(model_ref, cfg.models.revision), pack.data_hash, tasks, cfg.eval.model_dump(
-        exclude={"samples_per_task"}))
+        raise ConfigError(
+            "--public needs the public datasets from the Hugging Face hub, but this machine is "
+            "offline (HF_DATASETS_OFFLINE=1); run without --public or on a connected machine"
+        )
+    key = content_hash(
+        identity(model_ref, cfg.models.revision),
+        pack.data_hash,
+        tasks,
+        cfg.eval.model_dump(exclude={"samples_per_task"}),
+    )
     out = Path(home) / "evals" / f"{pack.name}-{key}"
     with locked(out):
         done = read_done(out / "result.json")
@@ -98,27 +114,44 @@ def evaluate(model_ref: str, pack, cfg, home: Path, *, device: str = "cpu", labe
 
 
 def _run_lm_eval(model_ref, pack, cfg, tasks, out: Path, device: str, label: str) -> EvalResult:
-    import lm_eval
+    from lm_eval.evaluator import simple_evaluate  # what lm_eval.simple_evaluate loads lazily
     from lm_eval.tasks import TaskManager
 
     chat = _chat(model_ref, cfg)
-    print(f"[kdbench] {pack.name}: evaluating {label or model_ref} on {', '.join(tasks)}"
-          f"{' (chat template)' if chat else ''}")
+    log.info(f"{pack.name}: evaluating {label or model_ref} on {', '.join(tasks)}{' (chat template)' if chat else ''}")
     tm = TaskManager(include_path=str(pack.eval_dir), include_defaults=cfg.eval.public)
-    model_args = {"pretrained": model_ref, "dtype": cfg.models.dtype, "device": device,
-                  "trust_remote_code": cfg.models.trust_remote_code}
+    model_args = {
+        "pretrained": model_ref,
+        "dtype": cfg.models.dtype,
+        "device": device,
+        "trust_remote_code": cfg.models.trust_remote_code,
+    }
     if cfg.models.revision and not Path(model_ref).exists():
         model_args["revision"] = cfg.models.revision
     t0 = time.perf_counter()
     try:
-        res = lm_eval.simple_evaluate(
-            model="hf", model_args=model_args, tasks=tasks, task_manager=tm, batch_size=cfg.eval.batch_size,
-            limit=cfg.eval.limit, apply_chat_template=chat, log_samples=True, bootstrap_iters=0,
-            gen_kwargs={"max_gen_toks": cfg.eval.max_gen_toks}, random_seed=0, numpy_random_seed=0,
-            torch_random_seed=0, fewshot_random_seed=0, verbosity="ERROR")
+        res = simple_evaluate(
+            model="hf",
+            model_args=model_args,
+            tasks=tasks,
+            task_manager=tm,
+            batch_size=cfg.eval.batch_size,
+            limit=cfg.eval.limit,
+            apply_chat_template=chat,
+            log_samples=True,
+            bootstrap_iters=0,
+            gen_kwargs={"max_gen_toks": cfg.eval.max_gen_toks},
+            random_seed=0,
+            numpy_random_seed=0,
+            torch_random_seed=0,
+            fewshot_random_seed=0,
+            verbosity="ERROR",
+        )
     except Exception as e:  # lm-eval raises many types; keep the cause, name the model and tasks
-        raise KdbenchError(f"lm-eval failed on {model_ref} ({', '.join(tasks)}): {type(e).__name__}: {e}") from e
+        raise RuntimeFailure(f"lm-eval failed on {model_ref} ({', '.join(tasks)}): {type(e).__name__}: {e}") from e
     seconds = time.perf_counter() - t0
+    if res is None or "results" not in res:  # lm-eval answers on its main process only (kdbench runs one)
+        raise RuntimeFailure(f"lm-eval returned no results for {model_ref} ({', '.join(tasks)})")
     metrics = _metrics(res["results"])
     for task in tasks:
         if task in metrics:

@@ -9,6 +9,10 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from kdbench.log import get_logger
+
+log = get_logger(__name__)
+
 
 @contextmanager
 def locked(path: str | Path):
@@ -79,8 +83,10 @@ def gpu_slot(slots: int, poll: float = 0.5):
                 holders = ", ".join(sorted({_holder(d / f"slot-{i}.lock") for i in range(n)} - {"", own}))
                 if holders:
                     told = True
-                    print(f"[kdbench] waiting for an accelerator slot: all {n} on this machine are held "
-                          f"({holders}); orchestration.gpu_slots sets how many", flush=True)
+                    log.info(
+                        f"waiting for an accelerator slot: all {n} on this machine are held "
+                        f"({holders}); orchestration.gpu_slots sets how many"
+                    )
             time.sleep(poll)
     finally:
         if tfd is not None:

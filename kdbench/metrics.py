@@ -1,24 +1,21 @@
-"""The teacher-student gap, and names for metrics so reports can query them."""
+"""The teacher-student gap (metric names come from kdbench.names)."""
 
 from __future__ import annotations
 
 import math
 
-
-def metric_name(task: str, metric: str, suffix: str | None = None) -> str:
-    """Stable MLflow metric names: '<task>.<metric>' and '<task>.<metric>.<suffix>'."""
-    return f"{task}.{metric}" + (f".{suffix}" if suffix else "")
+from kdbench import names
 
 
 def gap_metrics(teacher: float, before: float, after: float) -> dict[str, float]:
     """gap = teacher - after; gap_closed = (after - before) / (teacher - before);
     retention = after / teacher. A ratio with a zero denominator is left out
     rather than reported as infinite."""
-    out = {"gap": teacher - after}
+    out = {names.GAP: teacher - after}
     if not math.isclose(teacher, before, abs_tol=1e-12):
-        out["gap_closed"] = (after - before) / (teacher - before)
+        out[names.GAP_CLOSED] = (after - before) / (teacher - before)
     if not math.isclose(teacher, 0.0, abs_tol=1e-12):
-        out["retention"] = after / teacher
+        out[names.RETENTION] = after / teacher
     return out
 
 
@@ -29,7 +26,7 @@ def chance_normalized(score: float, chance: float) -> float:
 
 def flat_metrics(evals: dict[str, dict[str, float]]) -> dict[str, float]:
     """{task: {metric: v}} -> {'task.metric': v}."""
-    return {metric_name(t, m): v for t, row in evals.items() for m, v in row.items() if isinstance(v, (int, float))}
+    return {names.metric(t, m): v for t, row in evals.items() for m, v in row.items() if isinstance(v, (int, float))}
 
 
 def all_gaps(teacher: dict, before: dict, after: dict) -> dict[str, float]:
@@ -41,5 +38,5 @@ def all_gaps(teacher: dict, before: dict, after: dict) -> dict[str, float]:
                 continue
             if m in teacher.get(task, {}) and m in before.get(task, {}):
                 for k, g in gap_metrics(teacher[task][m], before[task][m], v).items():
-                    out[metric_name(task, m, k)] = g
+                    out[names.metric(task, m, k)] = g
     return out

@@ -8,23 +8,23 @@ and leaves no MLflow runs behind.
 from __future__ import annotations
 
 import os
+import urllib.request
 from pathlib import Path
 
-from kdbench.errors import KdbenchError
+from kdbench.backends import resolve_backend_name
+from kdbench.config import TINY
+from kdbench.distill.registry import elicitation_methods, hparams_for
+from kdbench.distill.run import check_algorithms
+from kdbench.elicit import check_methods
+from kdbench.errors import UserError
+from kdbench.evaluate import tasks_for
+from kdbench.packs import load_pack
 
 
 def preflight(cfg) -> None:
-    from kdbench.config import TINY
-    from kdbench.distill.registry import hparams_for
-    from kdbench.distill.run import check_algorithms
-    from kdbench.elicit import check_methods, effective_methods
-    from kdbench.elicit.backends import resolve_backend_name
-    from kdbench.evaluate import tasks_for
-    from kdbench.packs import load_pack
-
     pack = load_pack(cfg.pack)
     check_algorithms(cfg.distill.algorithms)
-    check_methods(effective_methods(cfg), pack)
+    check_methods(elicitation_methods(cfg), pack)
     resolve_backend_name(cfg.elicit.backend)
     tasks_for(pack, cfg)
     for algo in cfg.distill.algorithms:
@@ -37,18 +37,20 @@ def preflight(cfg) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     if cfg.eval.public and os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", ""):
-        raise KdbenchError("--public evaluates on the pack's public lm-eval tasks "
-                           f"({', '.join(pack.spec.public_tasks)}), which need the Hugging Face hub; "
-                           "this machine is offline (HF_DATASETS_OFFLINE=1). Run without --public.")
+        raise UserError(
+            "--public evaluates on the pack's public lm-eval tasks "
+            f"({', '.join(pack.spec.public_tasks)}), which need the Hugging Face hub; "
+            "this machine is offline (HF_DATASETS_OFFLINE=1). Run without --public."
+        )
     if cfg.eval.public:
         _check_hub_reachable(pack)
 
 
 def _check_hub_reachable(pack) -> None:
-    import urllib.request
-
     try:
         urllib.request.urlopen("https://huggingface.co/api/datasets?limit=1", timeout=5)
     except OSError as e:
-        raise KdbenchError(f"--public needs the Hugging Face hub for {', '.join(pack.spec.public_tasks)}, "
-                           f"but it cannot be reached ({e}). Run without --public, or on a connected machine.") from None
+        raise UserError(
+            f"--public needs the Hugging Face hub for {', '.join(pack.spec.public_tasks)}, "
+            f"but it cannot be reached ({e}). Run without --public, or on a connected machine."
+        ) from None

@@ -15,7 +15,11 @@ from pathlib import Path
 
 import yaml
 
+from kdbench.config import merge
 from kdbench.errors import ConfigError, did_you_mean
+from kdbench.log import get_logger
+
+log = get_logger(__name__)
 
 PREFECT_YAML = Path(__file__).resolve().parents[1] / "prefect.yaml"
 
@@ -38,11 +42,10 @@ def load_flow(entrypoint: str):
     return getattr(importlib.import_module(module), name)
 
 
-def runner_deployments(only: list[str] | None = None, path: Path = PREFECT_YAML, paused: bool = False,
-                       overrides: dict | None = None) -> list:
+def runner_deployments(
+    only: list[str] | None = None, path: Path = PREFECT_YAML, paused: bool = False, overrides: dict | None = None
+) -> list:
     """RunnerDeployments for ``prefect.serve``; ``overrides`` merge into every config parameter."""
-    from kdbench.config import _merge
-
     specs = read_deployments(path)
     names = [d["name"] for d in specs]
     for n in only or []:
@@ -54,11 +57,18 @@ def runner_deployments(only: list[str] | None = None, path: Path = PREFECT_YAML,
             continue
         params = dict(d.get("parameters") or {})
         if overrides:
-            params["config"] = _merge(params.get("config") or {}, overrides)
+            params["config"] = merge(params.get("config") or {}, overrides)
         crons = [s["cron"] for s in d.get("schedules") or [] if "cron" in s]
-        out.append(load_flow(d["entrypoint"]).to_deployment(
-            name=d["name"], cron=crons or None, parameters=params, description=d.get("description"),
-            tags=d.get("tags"), paused=paused))
+        out.append(
+            load_flow(d["entrypoint"]).to_deployment(
+                name=d["name"],
+                cron=crons or None,
+                parameters=params,
+                description=d.get("description"),
+                tags=d.get("tags"),
+                paused=paused,
+            )
+        )
     return out
 
 
@@ -72,9 +82,11 @@ def require_server() -> str:
         except Exception:
             url = None
     if not url:
-        raise ConfigError("schedules need a Prefect server: start one with `prefect server start --host 127.0.0.1 "
-                          "--port 4200` and `export PREFECT_API_URL=http://127.0.0.1:4200/api` (against the "
-                          "temporary local server, scheduled runs are never created)")
+        raise ConfigError(
+            "schedules need a Prefect server: start one with `prefect server start --host 127.0.0.1 "
+            "--port 4200` and `export PREFECT_API_URL=http://127.0.0.1:4200/api` (against the "
+            "temporary local server, scheduled runs are never created)"
+        )
     return url
 
 
@@ -83,5 +95,5 @@ def serve(only: list[str] | None = None, overrides: dict | None = None, limit: i
 
     url = require_server()
     deployments = runner_deployments(only, overrides=overrides)
-    print(f"[kdbench] serving {', '.join(d.name for d in deployments)} against {url}; Ctrl-C stops")
+    log.info(f"serving {', '.join(d.name for d in deployments)} against {url}; Ctrl-C stops")
     prefect_serve(*deployments, limit=limit)

@@ -17,14 +17,18 @@ import functools
 import os
 import subprocess
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import kdbench
+from kdbench import names
 from kdbench.errors import NonFiniteLossError
+from kdbench.locks import locked
+from kdbench.metrics import flat_metrics
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
-TAG = "kdbench"
 
 
 def tracking_uri(cfg) -> str:
@@ -44,12 +48,15 @@ def ui_command(uri: str) -> str:
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """The git commit of the checkout (with -dirty for local edits), else the package version."""
-    import kdbench
-
     try:
         root = Path(__file__).resolve().parents[1]
-        sha = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
-                             capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
         return f"{kdbench.__version__}+{sha}" if sha else kdbench.__version__
     except (OSError, subprocess.SubprocessError):
         return kdbench.__version__
@@ -80,7 +87,7 @@ def experiment_id(c, cfg, pack: str) -> str:
     if tracking_uri(cfg).startswith("sqlite:"):
         location = (cfg.home_path / "mlartifacts" / pack).as_uri()
     try:
-        return c.create_experiment(name, artifact_location=location, tags={f"{TAG}.pack": pack})
+        return c.create_experiment(name, artifact_location=location, tags={names.tag(names.PACK): pack})
     except Exception:  # another process created it first (two runs at once)
         exp = c.get_experiment_by_name(name)
         if exp is None:
@@ -91,8 +98,12 @@ def experiment_id(c, cfg, pack: str) -> str:
 def find_run(c, exp_id: str, run_key: str):
     if not run_key.replace("-", "").replace("_", "").isalnum():
         raise ValueError(f"run keys are content hashes (letters, digits, - and _), got {run_key!r}")
-    runs = c.search_runs([exp_id], filter_string=f"tags.`{TAG}.run_key` = '{run_key}'",
-                         order_by=["attributes.start_time DESC"], max_results=5)
+    runs = c.search_runs(
+        [exp_id],
+        filter_string=f"tags.`{names.tag(names.RUN_KEY)}` = '{run_key}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=5,
+    )
     return runs[0] if runs else None
 
 
@@ -103,8 +114,6 @@ def tracked_run(c, exp_id: str, run_key: str, name: str, tags: dict[str, str], l
     With ``lock_dir``, finding-or-creating holds an inter-process lock on the key,
     so two processes starting the same run at once share one MLflow run.
     """
-    from kdbench.locks import locked
-
     if lock_dir is not None:
         with locked(Path(lock_dir) / run_key):
             run_id = _open_run(c, exp_id, run_key, name, tags)
@@ -116,11 +125,11 @@ def tracked_run(c, exp_id: str, run_key: str, name: str, tags: dict[str, str], l
         c.set_terminated(run_id, status="KILLED")
         raise
     except BaseException as e:
-        c.set_tag(run_id, f"{TAG}.error", f"{type(e).__name__}: {e}"[:4000])
+        c.set_tag(run_id, names.tag(names.ERROR), f"{type(e).__name__}: {e}"[:4000])
         if isinstance(e, NonFiniteLossError):
-            c.set_tag(run_id, f"{TAG}.failed_step", str(e.step))
+            c.set_tag(run_id, names.tag(names.FAILED_STEP), str(e.step))
             if e.checkpoint:
-                c.set_tag(run_id, f"{TAG}.last_checkpoint", e.checkpoint)
+                c.set_tag(run_id, names.tag(names.LAST_CHECKPOINT), e.checkpoint)
         c.set_terminated(run_id, status="FAILED")
         raise
     else:
@@ -132,19 +141,23 @@ def _open_run(c, exp_id: str, run_key: str, name: str, tags: dict[str, str]) -> 
     if existing is not None:
         run_id = existing.info.run_id
         if existing.info.status != "FINISHED":  # interrupted or failed before: this run takes it up again
-            resumed = int(existing.data.tags.get(f"{TAG}.resumed", "0")) + 1
-            c.set_tag(run_id, f"{TAG}.resumed", str(resumed))
-            c.set_tag(run_id, f"{TAG}.error", "")
+            resumed = int(existing.data.tags.get(names.tag(names.RESUMED), "0")) + 1
+            c.set_tag(run_id, names.tag(names.RESUMED), str(resumed))
+            c.set_tag(run_id, names.tag(names.ERROR), "")
         c.update_run(run_id, status="RUNNING")
     else:
-        run = c.create_run(exp_id, run_name=name, tags={**tags, f"{TAG}.run_key": run_key,
-                                                        f"{TAG}.code_version": code_version()})
+        run = c.create_run(
+            exp_id,
+            run_name=name,
+            tags={**tags, names.tag(names.RUN_KEY): run_key, names.tag(names.CODE_VERSION): code_version()},
+        )
         run_id = run.info.run_id
     return run_id
 
 
-def log_all(c, run_id: str, *, params: dict | None = None, metrics: dict | None = None,
-            tags: dict | None = None, step: int = 0) -> None:
+def log_all(
+    c, run_id: str, *, params: dict | None = None, metrics: dict | None = None, tags: dict | None = None, step: int = 0
+) -> None:
     """Batch-log params (stringified, 6000 chars max), metrics and tags."""
     from mlflow.entities import Metric, Param, RunTag
 
@@ -157,12 +170,131 @@ def log_all(c, run_id: str, *, params: dict | None = None, metrics: dict | None 
         c.log_batch(run_id, metrics=m[i : i + 100], params=p[i : i + 100], tags=t[i : i + 100])
 
 
-def flatten(d: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
+# ---- what each kind of run records --------------------------------------------------
+
+
+@dataclass
+class Record:
+    """Tags (set when the run is created), params and metrics of one run, and tags set when it is logged."""
+
+    tags: dict[str, str]
+    params: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    late_tags: dict[str, str] = field(default_factory=dict)
+
+
+def base_tags(pack, role: str) -> dict[str, str]:
+    return {
+        names.tag(names.PACK): pack.name,
+        names.tag(names.PACK_VERSION): pack.spec.version,
+        names.tag(names.PACK_DATA_HASH): pack.data_hash,
+        names.tag(names.ROLE): role,
+    }
+
+
+def elicitation_record(pack, teacher: str, stats: dict, manifest: dict) -> Record:
+    """The teacher data's run: sampling settings, prompts, counts, filter rates and the teacher's cost."""
+    tags = {
+        **base_tags(pack, names.ROLE_ELICITATION),
+        names.tag(names.TEACHER): teacher,
+        names.tag(names.DATA_HASH): manifest["data_hash"],
+    }
+    params = {
+        "teacher": teacher,
+        "backend": stats["backend"],
+        "methods": ",".join(stats["methods"]),
+        **{f"sampling.{k}": v for k, v in stats["sampling"].items()},
+        **{f"{m}.system_prompt": pack.teacher_system(m) for m in stats["methods"]},
+    }
+    dropped = manifest["dropped"]
+    metrics = {
+        "dataset.rows": manifest["rows"],
+        "dataset.rows_in": manifest["rows_in"],
+        "decontam.rate": manifest["decontam_rate"],
+        "teacher.generated_tokens": stats["teacher_generated_tokens"],
+        "teacher.tokens": stats["teacher_tokens"],
+        "teacher.outputs_reused": stats["teacher_outputs_reused"],
+        # unknown when earlier runs' generations were reused: then not logged at all
+        "teacher.seconds": stats["teacher_seconds"],
+        **{f"dropped.{k}": v for k, v in dropped.items()},
+        **{f"filter_rate.{k}": v / max(manifest["rows_in"], 1) for k, v in dropped.items()},
+    }
+    for method, st in stats["methods"].items():
+        metrics.update({f"{method}.{k}": v for k, v in st.items() if isinstance(v, (int, float))})
+    return Record(tags, params, metrics)
+
+
+def baseline_record(pack, role: str, model: str, res, data_hash: str, tasks: list[str]) -> Record:
+    """A teacher or student-before evaluation."""
+    who = names.TEACHER if role == names.ROLE_TEACHER else names.STUDENT
+    tags = {**base_tags(pack, role), names.tag(who): model, names.tag(names.DATA_HASH): data_hash}
+    return Record(
+        tags,
+        {"model": model, "eval.tasks": ",".join(tasks)},
+        {**flat_metrics(res.metrics), names.EVAL_SECONDS: res.seconds},
+    )
+
+
+def student_tags(pack, teacher: str, student: str, algorithm: str, seed: int, data_hash: str) -> dict[str, str]:
+    return {
+        **base_tags(pack, names.ROLE_AFTER),
+        names.tag(names.TEACHER): teacher,
+        names.tag(names.STUDENT): student,
+        names.tag(names.ALGORITHM): algorithm,
+        names.tag(names.SEED): str(seed),
+        names.tag(names.DATA_HASH): data_hash,
+    }
+
+
+def student_record(
+    res, ev, metrics: dict, data, info, train_cfg: dict, used: dict | None, links: dict[str, str]
+) -> Record:
+    """A distilled student: scores and gaps (``metrics``), costs, the algorithm's and training's settings, and
+    links to the runs it came from. ``used``: this process's CPU and wall seconds while it trained (None when the
+    student was reused from an earlier run)."""
+    costs = {
+        names.COST_TRAIN_TOKENS: res.train_tokens,
+        names.COST_TRAIN_SECONDS: res.seconds,
+        names.COST_TOKENS_PER_S: res.tokens_per_s,
+        names.COST_PEAK_MEM_MB: res.peak_mem_mb,
+        names.COST_EVAL_SECONDS: ev.seconds,
+        names.FINAL_LOSS: res.final_loss,
+        names.COST_TEACHER_TOKENS: data.teacher_tokens,
+        names.COST_TEACHER_SECONDS: data.teacher_seconds,
+    }  # None (not logged) when not measured here
+    if used is not None:
+        costs.update(
+            {
+                names.COST_CPU_SECONDS: used["cpu_seconds"],
+                names.COST_WALL_SECONDS: used["wall_seconds"],
+                names.COST_GPU_SECONDS: used["wall_seconds"] if used["on_gpu"] else 0.0,
+            }
+        )
+    params = {
+        "algorithm": res.algorithm,
+        "seed": res.seed,
+        "dataset.rows": info.manifest["rows"],
+        "dataset.path": str(info.path),
+        **{f"hp.{k}": v for k, v in (res.hparams or {}).items()},
+        **{f"train.{k}": v for k, v in train_cfg.items()},
+    }
+    late = {**{names.tag(k): v for k, v in links.items()}, names.tag(names.MODEL_DIR): res.model_dir}
+    return Record({}, params, {**metrics, **costs}, late)
+
+
+def log_record(
+    c,
+    run_id: str,
+    record: Record,
+    *,
+    config_yaml: str,
+    artifacts: Sequence[str] = (),
+    dicts: dict[str, dict] | None = None,
+) -> None:
+    """Log a record, the resolved config (config.yaml), artifacts and JSON dicts to the run."""
+    log_all(c, run_id, params=record.params, metrics=record.metrics, tags=record.late_tags)
+    for path in artifacts:
+        c.log_artifact(run_id, path)
+    for name, d in (dicts or {}).items():
+        c.log_dict(run_id, d, name)
+    c.log_text(run_id, config_yaml, "config.yaml")

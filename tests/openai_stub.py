@@ -52,10 +52,20 @@ class StubServer:
                 if kind == "drop":
                     self.connection.close()
                     return
-                payload = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                           "choices": [{"index": 0, "finish_reason": "stop",
-                                        "message": {"role": "assistant", "content": f"echo: {user}"}}],
-                           "usage": {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}}
+                payload = {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": body["model"],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": f"echo: {user}"},
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4},
+                }
                 data = b'{"id": "x", "choices": [' if kind == "badjson" else json.dumps(payload).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

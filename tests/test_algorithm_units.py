@@ -20,7 +20,7 @@ import torch
 from evals.hooks import make_loader, normalize, process_generation, rouge_l
 from kdbench.distill.dpo import DPOConfig, dpo_step, sequence_logprob
 from kdbench.distill.hidden import layer_map
-from kdbench.distill.trainer import StepContext
+from kdbench.training import StepContext
 
 # ---- DPO -----------------------------------------------------------------------------
 
@@ -50,12 +50,15 @@ def _t(rows, dtype=torch.long):
 
 def test_sequence_logprob_sums_loss_masked_next_tokens():
     model = BigramTable()
-    input_ids = _t([[0, 2, 1, 3],
-                    [3, 0, 3, 1]])  # row 1 ends in a pad token
-    attention = _t([[1, 1, 1, 1],
-                    [1, 1, 1, 0]])
-    loss_mask = _t([[0, 0, 1, 1],  # prompt 0 2, answer 1 3
-                    [1, 1, 1, 0]], torch.bool)  # loss_mask[:, 0] has nothing to predict it: ignored
+    input_ids = _t([[0, 2, 1, 3], [3, 0, 3, 1]])  # row 1 ends in a pad token
+    attention = _t([[1, 1, 1, 1], [1, 1, 1, 0]])
+    loss_mask = _t(
+        [
+            [0, 0, 1, 1],  # prompt 0 2, answer 1 3
+            [1, 1, 1, 0],
+        ],
+        torch.bool,
+    )  # loss_mask[:, 0] has nothing to predict it: ignored
     with torch.no_grad():
         got = sequence_logprob(model, input_ids, attention, loss_mask)
     # row 0: P(1 | 2) * P(3 | 1) = 0.125 * 0.25 ; row 1: P(0 | 3) * P(3 | 0) = 0.4 * 0.4 (pad excluded)
@@ -88,8 +91,9 @@ def _dpo_batch():
 
 
 def _ctx(**hp):
-    return StepContext(student=BigramTable(), teacher=None, tokenizer=None, hp=DPOConfig(**hp),
-                       device=torch.device("cpu"))
+    return StepContext(
+        student=BigramTable(), teacher=None, tokenizer=None, hp=DPOConfig(**hp), device=torch.device("cpu")
+    )
 
 
 def test_dpo_loss_matches_hand_computation():
@@ -124,15 +128,18 @@ def test_dpo_sft_weight_adds_chosen_nll_per_token():
 # ---- layer_map ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("n_student", "n_teacher", "expected"), [
-    (2, 4, [(1, 2), (2, 4)]),
-    (4, 4, [(1, 1), (2, 2), (3, 3), (4, 4)]),
-    (3, 8, [(1, 3), (2, 5), (3, 8)]),  # 8/3 = 2.67 -> 3, 16/3 = 5.33 -> 5
-    (1, 6, [(1, 6)]),
-    # deeper student than teacher: 0.5, 1, 1.5, 2, 2.5, 3 with Python's round-half-to-even
-    # (0.5 -> 0, floored to 1; 1.5 -> 2; 2.5 -> 2)
-    (6, 3, [(1, 1), (2, 1), (3, 2), (4, 2), (5, 2), (6, 3)]),
-])
+@pytest.mark.parametrize(
+    ("n_student", "n_teacher", "expected"),
+    [
+        (2, 4, [(1, 2), (2, 4)]),
+        (4, 4, [(1, 1), (2, 2), (3, 3), (4, 4)]),
+        (3, 8, [(1, 3), (2, 5), (3, 8)]),  # 8/3 = 2.67 -> 3, 16/3 = 5.33 -> 5
+        (1, 6, [(1, 6)]),
+        # deeper student than teacher: 0.5, 1, 1.5, 2, 2.5, 3 with halves rounded up: two student layers per
+        # teacher layer (0.5 -> 1)
+        (6, 3, [(1, 1), (2, 1), (3, 2), (4, 2), (5, 3), (6, 3)]),
+    ],
+)
 def test_layer_map(n_student, n_teacher, expected):
     pairs = layer_map(n_student, n_teacher)
     assert pairs == expected
@@ -144,13 +151,16 @@ def test_layer_map(n_student, n_teacher, expected):
 # ---- evals/hooks.py -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("The Treaty of Rome", "treaty of rome"),
-    ("  an  APPLE,   a pear! ", "apple pear"),
-    ("Rome.", "rome"),
-    ("theatre and anthem", "theatre and anthem"),  # articles only as whole words
-    ("", ""),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("The Treaty of Rome", "treaty of rome"),
+        ("  an  APPLE,   a pear! ", "apple pear"),
+        ("Rome.", "rome"),
+        ("theatre and anthem", "theatre and anthem"),  # articles only as whole words
+        ("", ""),
+    ],
+)
 def test_normalize(text, expected):
     assert normalize(text) == expected
 
@@ -187,8 +197,10 @@ def test_process_generation_exact_match_and_rouge():
 def test_make_loader_reads_jsonl_with_defaults(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    rows = [{"question": "Capital of Italy?", "answer": "Rome", "aliases": ["Roma"], "fact": "f1"},
-            {"question": "Capital of France?", "answer": "Paris"}]
+    rows = [
+        {"question": "Capital of Italy?", "answer": "Rome", "aliases": ["Roma"], "fact": "f1"},
+        {"question": "Capital of France?", "answer": "Paris"},
+    ]
     (data / "qa.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n", encoding="utf-8")
 
     ds = make_loader(tmp_path)("data/qa.jsonl")

@@ -11,19 +11,25 @@ from pathlib import Path
 
 import pytest
 
+from kdbench.backends import HFBackend, Sampling
+from kdbench.backends.openai import OpenAIBackend
 from kdbench.data import messages_for
-from kdbench.elicit.backends import HFBackend, Sampling
-from kdbench.elicit.openai_backend import OpenAIBackend
 from kdbench.elicit.teacher import CachedModel
 from kdbench.errors import KdbenchError
 from tests.openai_stub import StubServer
 
-PROMPTS = ["What is the capital of France?", "Which river flows through Baghdad?", "Name Africa's longest river.",
-           "Into which sea does the Danube flow?", "Which city is Japan's capital?", "What is the capital of Canada?"]
+PROMPTS = [
+    "What is the capital of France?",
+    "Which river flows through Baghdad?",
+    "Name Africa's longest river.",
+    "Into which sea does the Danube flow?",
+    "Which city is Japan's capital?",
+    "What is the capital of Canada?",
+]
 
 
 def _vllm_python():
-    from kdbench.elicit.vllm_backend import vllm_python
+    from kdbench.backends.vllm import vllm_python
 
     try:
         return vllm_python()
@@ -39,6 +45,8 @@ def hf_outputs(micro):
     return reqs, HFBackend(micro.models.teacher).generate(reqs, Sampling(max_new_tokens=16))
 
 
+@pytest.mark.slow
+@pytest.mark.vllm
 def test_vllm_greedy_matches_hf_and_scores_agree(micro, hf_outputs, tmp_path):
     """On a copy of the teacher whose generation_config.json asks for top_k = 1 and a repetition penalty: vLLM's
     greedy outputs still equal hf's (the penalty would change them), and its samples are the model's own (top_k = 1
@@ -46,15 +54,18 @@ def test_vllm_greedy_matches_hf_and_scores_agree(micro, hf_outputs, tmp_path):
     import json
     import shutil
 
-    from kdbench.elicit.vllm_backend import VLLMBackend
+    from kdbench.backends.vllm import VLLMBackend
 
     _vllm_python()
     reqs, hf = hf_outputs
     bent = tmp_path / "bent-teacher"
     shutil.copytree(micro.models.teacher, bent)
-    gen = json.loads((bent / "generation_config.json").read_text()) if (bent / "generation_config.json").exists() else {}
-    (bent / "generation_config.json").write_text(json.dumps({**gen, "do_sample": True, "top_k": 1,
-                                                             "repetition_penalty": 5.0}))
+    gen = (
+        json.loads((bent / "generation_config.json").read_text()) if (bent / "generation_config.json").exists() else {}
+    )
+    (bent / "generation_config.json").write_text(
+        json.dumps({**gen, "do_sample": True, "top_k": 1, "repetition_penalty": 5.0})
+    )
     v = VLLMBackend(str(bent), max_model_len=128, home=micro.tmp / "vllm")
     try:
         assert v.generate(reqs, Sampling(max_new_tokens=16)) == hf
@@ -77,13 +88,32 @@ def _free_port() -> int:
 def vllm_server(micro):
     py = _vllm_python()
     port = _free_port()
-    from kdbench.elicit.vllm_backend import worker_env
+    from kdbench.backends.vllm import worker_env
 
     log = open(micro.tmp / "vllm-server.log", "w")
-    proc = subprocess.Popen([py, "-m", "vllm.entrypoints.openai.api_server", "--model", micro.models.teacher,
-                             "--served-model-name", "teacher", "--host", "127.0.0.1", "--port", str(port),
-                             "--dtype", "float32", "--max-model-len", "128", "--enforce-eager"],
-                            stdout=log, stderr=subprocess.STDOUT, env=worker_env(micro.tmp / "vllm", False))
+    proc = subprocess.Popen(
+        [
+            py,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            micro.models.teacher,
+            "--served-model-name",
+            "teacher",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dtype",
+            "float32",
+            "--max-model-len",
+            "128",
+            "--enforce-eager",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=worker_env(micro.tmp / "vllm", False),
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -102,6 +132,8 @@ def vllm_server(micro):
     proc.wait(timeout=60)
 
 
+@pytest.mark.slow
+@pytest.mark.vllm
 def test_openai_backend_against_vllm_server_matches_hf(vllm_server, hf_outputs):
     reqs, hf = hf_outputs
     b = OpenAIBackend("teacher", base_url=vllm_server, concurrency=3)
@@ -117,8 +149,9 @@ def test_openai_retries_429_500_timeouts_drops_and_bad_json(monkeypatch):
         assert out == [f"echo: {m}" for m in msgs]
         assert srv.attempts["a #fail:429,500"] == 3 and srv.attempts["c #fail:badjson,429"] == 3
         assert srv.attempts["b #fail:timeout"] == 2 and b.retries >= 6
-        assert all({k.lower(): v for k, v in h.items()}["authorization"] == "Bearer sk-test-SECRET-123"
-                   for h in srv.headers)
+        assert all(
+            {k.lower(): v for k, v in h.items()}["authorization"] == "Bearer sk-test-SECRET-123" for h in srv.headers
+        )
         with pytest.raises(KdbenchError) as e:
             b.generate([[{"role": "user", "content": "x #fail:400"}]], Sampling())
         assert "HTTP 400" in str(e.value) and "SECRET" not in str(e.value)
@@ -133,7 +166,9 @@ def test_openai_partial_progress_is_kept_and_resumed(micro, tmp_path, monkeypatc
         cfg.elicit.openai_concurrency = 2
         t = CachedModel("remote-teacher", cfg, tmp_path, backend_name="openai")
         t.backend.backoff, t.backend.max_retries = 0.01, 2
-        reqs = [[{"role": "user", "content": f"q{i}"}] for i in range(8)] + [[{"role": "user", "content": "z #always500"}]]
+        reqs = [[{"role": "user", "content": f"q{i}"}] for i in range(8)] + [
+            [{"role": "user", "content": "z #always500"}]
+        ]
         with pytest.raises(KdbenchError, match="failed after 3 attempts"):
             t.generate("labeling", reqs, Sampling())
         assert len(t.cache) == 8
@@ -147,6 +182,7 @@ def test_openai_partial_progress_is_kept_and_resumed(micro, tmp_path, monkeypatc
     assert "SECRET" not in cache_text and "sk-test" not in cache_text
 
 
+@pytest.mark.slow  # a subprocess generating with the teacher, killed and run again
 def test_killed_elicitation_resumes_without_repeating(micro, tmp_path):
     """SIGKILL a labeling run once some batches are cached; the rerun generates only the rest."""
     script = tmp_path / "run.py"
@@ -154,7 +190,7 @@ def test_killed_elicitation_resumes_without_repeating(micro, tmp_path):
 import sys
 from kdbench.config import load_config
 from kdbench.elicit.teacher import CachedModel
-from kdbench.elicit.backends import Sampling
+from kdbench.backends import Sampling
 cfg = load_config(overrides={micro.cfg.model_dump(mode="json")!r})
 t = CachedModel({micro.models.teacher!r}, cfg, {str(tmp_path)!r}, backend_name="hf")
 t.backend.batch_size = 2

@@ -9,8 +9,10 @@ from kdbench.cli import main
 
 
 def kdbench(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "kdbench.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+    """`kdbench ARGS` in a fresh interpreter, as a user runs it (the tests that call it are marked slow)."""
+    return subprocess.run(
+        [sys.executable, "-m", "kdbench.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def test_algorithms_lists_each_with_one_line(capsys):
@@ -21,6 +23,7 @@ def test_algorithms_lists_each_with_one_line(capsys):
     assert len(out) == len(ALGORITHMS) and all(line.split()[0] in ALGORITHMS for line in out)
 
 
+@pytest.mark.slow
 def test_run_help_lists_algorithms():
     r = kdbench("run", "--help")
     assert r.returncode == 0 and "algorithms:" in r.stdout and "fkl" in r.stdout
@@ -35,13 +38,23 @@ def test_packs_list_and_validate(capsys):
     assert main(["packs", "validate"]) == 0
 
 
-@pytest.mark.parametrize("args, message", [
-    (["run", "lwa"], "unknown pack 'lwa' (did you mean 'law'?); packs found:"),
-    (["run", "law", "--algorithms", "sft,fkk"], "unknown algorithm 'fkk' (did you mean 'fkl'?); available: sft, fkl"),
-    (["run", "law", "--methods", "labelling"], "unknown method 'labelling'"),
-    (["run", "law", "--set", "distill.hparams.fkl.temprature=2"], "distill.hparams.fkl"),
-    (["run", "law", "--set", "distill.train.epoch=2"], "key distill.train.epoch: unknown key (did you mean 'epochs'?)"),
-])
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "lwa"], "unknown pack 'lwa' (did you mean 'law'?); packs found:"),
+        (
+            ["run", "law", "--algorithms", "sft,fkk"],
+            "unknown algorithm 'fkk' (did you mean 'fkl'?); available: sft, fkl",
+        ),
+        (["run", "law", "--methods", "labelling"], "unknown method 'labelling'"),
+        (["run", "law", "--set", "distill.hparams.fkl.temprature=2"], "distill.hparams.fkl"),
+        (
+            ["run", "law", "--set", "distill.train.epoch=2"],
+            "key distill.train.epoch: unknown key (did you mean 'epochs'?)",
+        ),
+    ],
+)
 def test_bad_input_fails_fast_and_writes_nothing(tmp_path, args, message):
     home = tmp_path / "home"
     r = kdbench(*args, "--home", str(home), cwd=tmp_path)
@@ -50,6 +63,7 @@ def test_bad_input_fails_fast_and_writes_nothing(tmp_path, args, message):
     assert not home.exists()  # no MLflow database, no caches: the run never started
 
 
+@pytest.mark.slow
 def test_malformed_pack_fails_fast(tmp_path):
     from kdbench.packs.scaffold import scaffold
 
@@ -60,6 +74,7 @@ def test_malformed_pack_fails_fast(tmp_path):
     assert not (tmp_path / "home").exists()
 
 
+@pytest.mark.slow
 def test_config_file_errors_name_file_and_key(tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("distill:\n  algorithms: [sft]\n  sedes: [0]\n")

@@ -25,13 +25,21 @@ def test_distill_trains_and_saves_a_loadable_student(micro, data, algo):
 
     info, home = data
     logged = []
-    res = distill(algo, 0, micro.models.teacher, micro.models.student, info, micro.cfg, home,
-                  log_fn=lambda step, m: logged.append((step, m)))
+    res = distill(
+        algo,
+        0,
+        micro.models.teacher,
+        micro.models.student,
+        info,
+        micro.cfg,
+        home,
+        log_fn=lambda step, m: logged.append((step, m)),
+    )
     assert res.steps > 0 and res.train_tokens > 0 and not res.cached
     assert logged and "train.loss" in logged[0][1]
     model = AutoModelForCausalLM.from_pretrained(res.model_dir)
     before = AutoModelForCausalLM.from_pretrained(micro.models.student)
-    changed = any(not torch.equal(a, b) for a, b in zip(model.parameters(), before.parameters()))
+    changed = any(not torch.equal(a, b) for a, b in zip(model.parameters(), before.parameters(), strict=False))
     assert changed
     again = distill(algo, 0, micro.models.teacher, micro.models.student, info, micro.cfg, home)
     assert again.cached and again.model_dir == res.model_dir
@@ -39,7 +47,7 @@ def test_distill_trains_and_saves_a_loadable_student(micro, data, algo):
 
 def test_resume_from_checkpoint(micro, data, monkeypatch):
     """Kill training after a checkpoint; the rerun resumes at that step and ends where a clean run ends."""
-    import kdbench.distill.trainer as trainer
+    import kdbench.training as trainer
 
     info, home = data
     cfg = micro.cfg.model_copy(deep=True)
@@ -56,8 +64,15 @@ def test_resume_from_checkpoint(micro, data, monkeypatch):
     monkeypatch.setattr(trainer, "_save_checkpoint", real_save)
     resumed = distill("sft", 7, micro.models.teacher, micro.models.student, info, cfg, home)
     assert resumed.resumed_from == cfg.distill.train.save_every
-    clean = distill("sft", 7, micro.models.teacher, micro.models.student, info,
-                    cfg.model_copy(update={"home": str(home / "other")}), home / "other")
+    clean = distill(
+        "sft",
+        7,
+        micro.models.teacher,
+        micro.models.student,
+        info,
+        cfg.model_copy(update={"home": str(home / "other")}),
+        home / "other",
+    )
     assert clean.resumed_from == 0
     from safetensors.torch import load_file
 
@@ -90,8 +105,11 @@ def test_vocabulary_guard_names_both_and_black_box_options(micro):
 
     t = AutoTokenizer.from_pretrained(micro.models.teacher)
     other = train_tokenizer(["completely different text for another vocabulary"] * 20, vocab_size=120)
-    with pytest.raises(KdbenchError, match=r"teacher 'T' \(vocabulary of \d+ tokens\) and the student 'S' "
-                                            r"\(vocabulary of \d+ tokens\).*black-box algorithm: sft"):
+    with pytest.raises(
+        KdbenchError,
+        match=r"teacher 'T' \(vocabulary of \d+ tokens\) and the student 'S' "
+        r"\(vocabulary of \d+ tokens\).*black-box algorithm: sft",
+    ):
         check_same_vocab("fkl", t, other, "T", "S")
     check_same_vocab("fkl", t, t, "T", "S")
 
@@ -105,14 +123,28 @@ def test_unknown_algorithm():
 def test_dpo_on_feedback_pairs_and_topk_fkl(micro, tmp_path):
     from kdbench.dataset import add_topk
 
-    res = elicit(micro.pack, micro.models.teacher, micro.cfg, tmp_path, student_ref=micro.models.student,
-                 methods=["labeling", "feedback"])
+    res = elicit(
+        micro.pack,
+        micro.models.teacher,
+        micro.cfg,
+        tmp_path,
+        student_ref=micro.models.student,
+        methods=["labeling", "feedback"],
+    )
     info = add_topk(build_dataset(micro.pack, res.path, tmp_path), micro.models.teacher, micro.cfg)
     dpo = distill("dpo", 0, micro.models.teacher, micro.models.student, info, micro.cfg, tmp_path)
     assert dpo.steps > 0 and dpo.hparams["beta"] == 0.1
     logged = []
-    fkl = distill("fkl", 0, micro.models.teacher, micro.models.student, info, micro.cfg, tmp_path,
-                  log_fn=lambda s, m: logged.append(m))
+    fkl = distill(
+        "fkl",
+        0,
+        micro.models.teacher,
+        micro.models.student,
+        info,
+        micro.cfg,
+        tmp_path,
+        log_fn=lambda s, m: logged.append(m),
+    )
     assert fkl.steps > 0 and all(m["train.loss"] >= 0 for m in logged)
     online_cfg = micro.cfg.model_copy(deep=True)
     online_cfg.distill.teacher_logits = "online"
@@ -136,4 +168,4 @@ def test_lora_students_train_adapters_and_save_a_merged_model(micro, data):
     model = AutoModelForCausalLM.from_pretrained(res.model_dir)  # a plain model: adapters merged
     before = AutoModelForCausalLM.from_pretrained(micro.models.student)
     assert not any("lora" in n for n, _ in model.named_parameters())
-    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), before.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), before.parameters(), strict=False))

@@ -5,19 +5,26 @@ import shutil
 
 import pytest
 
+from kdbench.backends import HFBackend, Sampling
 from kdbench.dataset import build_dataset, load_examples
 from kdbench.elicit import check_methods, elicit
-from kdbench.elicit.backends import HFBackend, Sampling
 from kdbench.elicit.cache import GenerationCache
-from kdbench.elicit.teacher import Teacher
+from kdbench.elicit.teacher import CachedModel
 from kdbench.errors import ConfigError
 
 
 def test_hf_backend_batches_match_one_by_one(micro):
     backend = HFBackend(micro.models.teacher, batch_size=4)
-    reqs = [[{"role": "user", "content": p}] for p in ["What is the capital of France?", "Name a river.",
-                                                          "Which river flows through Baghdad?", "Hi",
-                                                          "Which city is the capital of Japan? Tell me."]]
+    reqs = [
+        [{"role": "user", "content": p}]
+        for p in [
+            "What is the capital of France?",
+            "Name a river.",
+            "Which river flows through Baghdad?",
+            "Hi",
+            "Which city is the capital of Japan? Tell me.",
+        ]
+    ]
     batched = backend.generate(reqs, Sampling(max_new_tokens=8))
     single = [HFBackend(micro.models.teacher, batch_size=1).generate([r], Sampling(max_new_tokens=8))[0] for r in reqs]
     assert batched == single  # left padding and length sorting do not change greedy outputs
@@ -36,10 +43,10 @@ def test_labeling_rows_and_cache_reuse(micro, tmp_path):
 
 def test_teacher_cache_resumes_without_repeating(micro, tmp_path):
     cfg = micro.cfg
-    t = Teacher(micro.models.teacher, cfg, tmp_path, backend_name="hf")
+    t = CachedModel(micro.models.teacher, cfg, tmp_path, backend_name="hf")
     reqs = [[{"role": "user", "content": f"question {i}?"}] for i in range(6)]
     first = t.generate("labeling", reqs[:4], Sampling(max_new_tokens=4))
-    t2 = Teacher(micro.models.teacher, cfg, tmp_path, backend_name="hf")  # a new process, same cache file
+    t2 = CachedModel(micro.models.teacher, cfg, tmp_path, backend_name="hf")  # a new process, same cache file
     calls = []
     real = t2.backend.generate
     t2.backend.generate = lambda r, s, desc="": calls.append(len(r)) or real(r, s)
@@ -70,12 +77,31 @@ def test_dataset_filters_and_decontaminates(micro, tmp_path):
         {"id": "r1", "method": "labeling", "topic": "capitals", "prompt": "p1", "response": "Paris."},
         {"id": "r2", "method": "labeling", "topic": "capitals", "prompt": "p1", "response": "Paris."},  # duplicate
         {"id": "r3", "method": "labeling", "topic": "capitals", "prompt": "p3", "response": ""},  # empty
-        {"id": "r4", "method": "labeling", "topic": "rivers", "prompt": "How much is 2+2?", "response": "5",
-         "reference": "4", "check": "numeric"},  # checkably wrong
-        {"id": "r5", "method": "labeling", "topic": "rivers", "prompt": "Tell me",
-         "response": f"{mc.question} {mc.choices[mc.answer]}"},  # an eval item, near verbatim
-        {"id": "r6", "method": "labeling", "topic": "rivers", "prompt": "How much is 2+2?", "response": "It is 4.",
-         "reference": "4", "check": "numeric"},
+        {
+            "id": "r4",
+            "method": "labeling",
+            "topic": "rivers",
+            "prompt": "How much is 2+2?",
+            "response": "5",
+            "reference": "4",
+            "check": "numeric",
+        },  # checkably wrong
+        {
+            "id": "r5",
+            "method": "labeling",
+            "topic": "rivers",
+            "prompt": "Tell me",
+            "response": f"{mc.question} {mc.choices[mc.answer]}",
+        },  # an eval item, near verbatim
+        {
+            "id": "r6",
+            "method": "labeling",
+            "topic": "rivers",
+            "prompt": "How much is 2+2?",
+            "response": "It is 4.",
+            "reference": "4",
+            "check": "numeric",
+        },
     ]
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -107,8 +133,15 @@ def test_every_method_produces_rows_with_stats(micro, tmp_path):
         assert len(by[m]) == st[m]["kept"] and all(r["response"] for r in by[m])
     assert st["curation"]["from_documents"] == 2
     shown = res.stats["examples"]  # what each method asked, as sent, for the elicitation run in MLflow
-    assert set(shown) == {"labeling", "expansion", "expansion-label", "curation", "curation-label",
-                          "feedback-teacher", "self_knowledge-teacher"}
+    assert set(shown) == {
+        "labeling",
+        "expansion",
+        "expansion-label",
+        "curation",
+        "curation-label",
+        "feedback-teacher",
+        "self_knowledge-teacher",
+    }
     first = shown["labeling"][0]
     assert first["messages"][0]["role"] == "system" and first["output"] == by["labeling"][0]["response"]
     assert shown["expansion"][0]["sampling"]["temperature"] == cfg.elicit.expansion_temperature
@@ -146,7 +179,7 @@ def test_self_knowledge_warms_up_only_a_student_that_starts_untrained(micro, tmp
 
 def test_feature_topk_cache_is_compact_and_aligned(micro, tmp_path):
     from kdbench.dataset import add_topk
-    from kdbench.elicit.feature import TopKCache
+    from kdbench.topk import TopKCache
 
     res = elicit(micro.pack, micro.models.teacher, micro.cfg, tmp_path)
     info = add_topk(build_dataset(micro.pack, res.path, tmp_path), micro.models.teacher, micro.cfg)
@@ -185,7 +218,13 @@ def test_teacher_cost_of_cached_generations(micro, tmp_path):
     assert again.stats["teacher_seconds"] is None
     assert again.stats["teacher_outputs_reused"] == len(micro.pack.seeds)
     # feedback asks for the teacher's answers again (served by labeling's cache); they are charged once
-    both = elicit(micro.pack, micro.models.teacher, cfg, tmp_path, student_ref=micro.models.student,
-                  methods=["labeling", "feedback"])
+    both = elicit(
+        micro.pack,
+        micro.models.teacher,
+        cfg,
+        tmp_path,
+        student_ref=micro.models.student,
+        methods=["labeling", "feedback"],
+    )
     assert both.stats["methods"]["feedback-teacher"]["requests"] == len(micro.pack.seeds)
     assert both.stats["teacher_tokens"] == first.stats["teacher_tokens"]  # a likelihood judge writes no text

@@ -16,24 +16,50 @@ from kdbench.packs.scaffold import scaffold
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-MICRO = ["--set", "tiny.vocab_size=400", "--set", "tiny.max_positions=128", "--set", "tiny.teacher_epochs=3",
-         "--set", "tiny.teacher={hidden_size: 64, num_layers: 2, num_heads: 2, intermediate_size: 128}",
-         "--set", "tiny.student={hidden_size: 32, num_layers: 1, num_heads: 2, intermediate_size: 64}",
-         "--set", "eval.max_gen_toks=8", "--set", "distill.train.batch_size=4", "--set", "distill.train.save_every=5"]
+MICRO = [
+    "--set",
+    "tiny.vocab_size=400",
+    "--set",
+    "tiny.max_positions=128",
+    "--set",
+    "tiny.teacher_epochs=3",
+    "--set",
+    "tiny.teacher={hidden_size: 64, num_layers: 2, num_heads: 2, intermediate_size: 128}",
+    "--set",
+    "tiny.student={hidden_size: 32, num_layers: 1, num_heads: 2, intermediate_size: 64}",
+    "--set",
+    "eval.max_gen_toks=8",
+    "--set",
+    "distill.train.batch_size=4",
+    "--set",
+    "distill.train.save_every=5",
+]
 
 
 @pytest.fixture
 def env(tmp_path):
-    e = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"),
-         "PREFECT_LOCAL_STORAGE_PATH": str(tmp_path / "prefect-results")}
+    e = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_LOCAL_STORAGE_PATH": str(tmp_path / "prefect-results"),
+    }
     for k in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
         e.pop(k, None)
     return e
 
 
 def kdbench_cmd(pack: Path, home: Path, *extra: str) -> list[str]:
-    return [str(BIN / "kdbench"), "run", str(pack), "--home", str(home), "--report-dir", str(home / "reports"),
-            *MICRO, *extra]
+    return [
+        str(BIN / "kdbench"),
+        "run",
+        str(pack),
+        "--home",
+        str(home),
+        "--report-dir",
+        str(home / "reports"),
+        *MICRO,
+        *extra,
+    ]
 
 
 def runs_of(home: Path, pack: str = "geo"):
@@ -76,12 +102,16 @@ def test_sigkill_mid_training_resumes_from_checkpoint_without_duplicate_runs(tmp
     assert len(after) == 1 and after[0].info.run_id == killed[0].info.run_id  # ... is resumed, not orphaned
     assert after[0].info.status == "FINISHED" and after[0].data.tags["kdbench.resumed"] == "1"
     assert all(r.info.status == "FINISHED" for r in runs)
-    assert sorted(r.data.tags["kdbench.role"] for r in runs) == ["elicitation", "student_after", "student_before",
-                                                                "teacher"]
+    assert sorted(r.data.tags["kdbench.role"] for r in runs) == [
+        "elicitation",
+        "student_after",
+        "student_before",
+        "teacher",
+    ]
 
 
 def test_checkpoint_write_error_fails_the_run_and_keeps_the_last_good_checkpoint(micro, tmp_path, monkeypatch):
-    import kdbench.distill.trainer as trainer
+    import kdbench.training as trainer
     from kdbench import steps, tracking
     from kdbench.errors import KdbenchError
 
@@ -90,7 +120,7 @@ def test_checkpoint_write_error_fails_the_run_and_keeps_the_last_good_checkpoint
     cfg.distill.train.epochs = 6
     cfg.distill.train.save_every = 5
     config = cfg.model_dump(mode="json")
-    models = {"teacher": micro.models.teacher, "students": [micro.models.student]}
+    models = steps.Models(teacher=micro.models.teacher, students=[micro.models.student])
     elicited = steps.elicit_step(config, models)
     data = steps.dataset_step(config, elicited, models)
     t_eval = steps.baseline_step(config, "teacher", models, 0, data)
@@ -104,15 +134,20 @@ def test_checkpoint_write_error_fails_the_run_and_keeps_the_last_good_checkpoint
         return real_save(ckpt, *a, **k)
 
     monkeypatch.setattr(trainer, "_save_checkpoint", flaky_save)
-    with pytest.raises(KdbenchError, match=r"could not write the checkpoint at step 10 .* the checkpoint at step 5 is kept"):
+    with pytest.raises(
+        KdbenchError, match=r"could not write the checkpoint at step 10 .* the checkpoint at step 5 is kept"
+    ):
         steps.student_step(config, "sft", 0, models, 0, data, t_eval, b_eval)
     c = tracking.client(cfg)
-    run = [r for r in c.search_runs([tracking.experiment_id(c, cfg, "geo")])
-           if r.data.tags["kdbench.role"] == "student_after"][0]
+    run = [
+        r
+        for r in c.search_runs([tracking.experiment_id(c, cfg, "geo")])
+        if r.data.tags["kdbench.role"] == "student_after"
+    ][0]
     assert run.info.status == "FAILED" and "No space left" in run.data.tags["kdbench.error"]
     monkeypatch.setattr(trainer, "_save_checkpoint", real_save)
     row = steps.student_step(config, "sft", 0, models, 0, data, t_eval, b_eval)  # disk freed: rerun
-    assert row["run_id"] == run.info.run_id
+    assert row.run_id == run.info.run_id
     assert c.get_run(run.info.run_id).info.status == "FINISHED"
 
 
@@ -143,11 +178,12 @@ def test_corrupted_caches_are_rebuilt_not_trusted(micro, tmp_path, capsys):
 
 
 def test_corrupted_checkpoint_restarts_training(micro, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from kdbench.config import TrainConfig
     from kdbench.data import tokenize_example
     from kdbench.distill.sft import sft_step
-    from kdbench.distill.trainer import train
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from kdbench.training import train
 
     tok = AutoTokenizer.from_pretrained(micro.models.student)
     ex = [tokenize_example(tok, k.question, k.answer) for k in micro.pack.knowledge]
@@ -155,8 +191,15 @@ def test_corrupted_checkpoint_restarts_training(micro, tmp_path, capsys):
     ckpt.mkdir()
     (ckpt / "step.json").write_text('{"step": 3}')
     (ckpt / "state.pt").write_bytes(b"not a torch file")
-    res = train(AutoModelForCausalLM.from_pretrained(micro.models.student), tok, ex, sft_step,
-                cfg=TrainConfig(max_steps=4, batch_size=4, save_every=0), out_dir=tmp_path, seed=0)
+    res = train(
+        AutoModelForCausalLM.from_pretrained(micro.models.student),
+        tok,
+        ex,
+        sft_step,
+        cfg=TrainConfig(max_steps=4, batch_size=4, save_every=0),
+        out_dir=tmp_path,
+        seed=0,
+    )
     assert res.resumed_from == 0 and res.steps == 4
     assert "cannot be read" in capsys.readouterr().out and list(tmp_path.glob("checkpoint.corrupt-*"))
 
@@ -175,7 +218,6 @@ def test_two_runs_at_once_on_one_sqlite_file(tmp_path, env):
     assert all(r.info.status == "FINISHED" for r in runs)
     assert len(list((home / "models").glob("geo-*/DONE"))) == 1  # built once
     assert len(list((home / "students").glob("*/DONE"))) == 2
-
 
 
 def test_cache_folders_deleted_by_hand_are_rebuilt_behind_cached_prefect_results(tmp_path, env):
@@ -197,6 +239,10 @@ def test_cache_folders_deleted_by_hand_are_rebuilt_behind_cached_prefect_results
     assert "resuming from the checkpoint at step" in log  # the rebuilt models are the same models
     assert list((home / "datasets").glob("geo-*/manifest.json")) and list((home / "models").glob("geo-*/DONE"))
     runs = runs_of(home)
-    assert sorted(r.data.tags["kdbench.role"] for r in runs) == ["elicitation", "student_after", "student_before",
-                                                                "teacher"]
+    assert sorted(r.data.tags["kdbench.role"] for r in runs) == [
+        "elicitation",
+        "student_after",
+        "student_before",
+        "teacher",
+    ]
     assert all(r.info.status == "FINISHED" for r in runs)

@@ -53,8 +53,10 @@ def test_a_dead_waiters_ticket_does_not_block_the_queue(tmp_path, monkeypatch):
 
 def test_a_sigkilled_holder_frees_its_slot(tmp_path, capsys):
     env = {**os.environ, "KDBENCH_SLOTS_DIR": str(tmp_path)}
-    code = ("from kdbench.locks import gpu_slot\nimport time\n"
-            "with gpu_slot(1):\n    print('held', flush=True)\n    time.sleep(600)\n")
+    code = (
+        "from kdbench.locks import gpu_slot\nimport time\n"
+        "with gpu_slot(1):\n    print('held', flush=True)\n    time.sleep(600)\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdout.readline().strip() == "held"
     os.environ["KDBENCH_SLOTS_DIR"] = str(tmp_path)

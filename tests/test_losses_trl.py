@@ -86,10 +86,14 @@ def test_matches_trl_value_and_student_gradient(name, ours_fn, kwargs, trl_beta,
     student, teacher, mask = _inputs()
 
     ours, ours_grad = _value_and_grad(
-        ours_fn(student, teacher, mask, temperature=temperature, chunk_size=chunk_size, **kwargs), student)
+        ours_fn(student, teacher, mask, temperature=temperature, chunk_size=chunk_size, **kwargs), student
+    )
     ref, ref_grad = _value_and_grad(
-        generalized_jsd_loss(student, teacher, labels=_labels(mask), beta=trl_beta,
-                             temperature=temperature, reduction="batchmean"), student)
+        generalized_jsd_loss(
+            student, teacher, labels=_labels(mask), beta=trl_beta, temperature=temperature, reduction="batchmean"
+        ),
+        student,
+    )
 
     # TRL has no tau^2 factor: divide ours (value and gradient) by tau^2 before comparing.
     scale = temperature**2
@@ -131,14 +135,16 @@ def test_identical_distributions_give_zero_for_both():
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
-@pytest.mark.parametrize(("beta", "endpoint_fn", "trl_beta"), [(0.0, fkl, 0.0), (1.0, rkl, 1.0)],
-                         ids=["beta0-is-fkl", "beta1-is-rkl"])
+@pytest.mark.parametrize(
+    ("beta", "endpoint_fn", "trl_beta"), [(0.0, fkl, 0.0), (1.0, rkl, 1.0)], ids=["beta0-is-fkl", "beta1-is-rkl"]
+)
 def test_jsd_endpoints_are_forward_and_reverse_kl(beta, endpoint_fn, trl_beta, temperature):
     student, teacher, mask = _inputs(seed=3)
     got, got_grad = _value_and_grad(jsd(student, teacher, mask, temperature=temperature, beta=beta), student)
     want, want_grad = _value_and_grad(endpoint_fn(student, teacher, mask, temperature=temperature), student)
-    ref, _ = _value_and_grad(generalized_jsd_loss(student, teacher, labels=_labels(mask), beta=trl_beta,
-                                                  temperature=temperature), student)
+    ref, _ = _value_and_grad(
+        generalized_jsd_loss(student, teacher, labels=_labels(mask), beta=trl_beta, temperature=temperature), student
+    )
 
     assert float(want) > 1e-3  # a zero here would make the comparison vacuous
     _assert_close(got, want)

@@ -20,8 +20,14 @@ from kdbench.distill.minillm import MiniLLMConfig, pg_loss, returns, rollout_sta
 from kdbench.models.sampling import token_logprobs
 
 V = 3
-EXACT = {"gamma": 1.0, "reward_scaling": 1.0, "reward_clip": None, "length_norm": False, "whiten": False,
-         "clip_eps": None}
+EXACT = {
+    "gamma": 1.0,
+    "reward_scaling": 1.0,
+    "reward_clip": None,
+    "length_norm": False,
+    "whiten": False,
+    "clip_eps": None,
+}
 
 
 def toy(T: int, seed: int):
@@ -44,8 +50,10 @@ def seq_logprob(table, y) -> torch.Tensor:
 
 
 def exact_kl_grad(theta, teacher, T):
-    kl = sum(seq_logprob(theta, y).exp() * (seq_logprob(theta, y) - seq_logprob(teacher, y))
-             for y in itertools.product(range(V), repeat=T))
+    kl = sum(
+        seq_logprob(theta, y).exp() * (seq_logprob(theta, y) - seq_logprob(teacher, y))
+        for y in itertools.product(range(V), repeat=T)
+    )
     (g,) = torch.autograd.grad(kl, theta)
     return g
 
@@ -69,17 +77,26 @@ def estimator_loss(theta, teacher, y, hp: MiniLLMConfig) -> torch.Tensor:
 
 
 def expected_grad(theta, teacher, T, hp):
-    total = sum(mixture_prob(theta, teacher, y, hp.alpha) * estimator_loss(theta, teacher, y, hp)
-                for y in itertools.product(range(V), repeat=T))
+    total = sum(
+        mixture_prob(theta, teacher, y, hp.alpha) * estimator_loss(theta, teacher, y, hp)
+        for y in itertools.product(range(V), repeat=T)
+    )
     (g,) = torch.autograd.grad(total, theta)
     return g
 
 
-@pytest.mark.parametrize(("T", "alpha", "single_step", "reward_from"), [
-    (1, 0.0, False, "current"), (2, 0.0, False, "current"),  # plain REINFORCE with reward-to-go
-    (1, 0.0, True, "next"), (2, 0.0, True, "next"),  # the paper's split: single-step KL + R_{t+1}
-    (1, 0.2, False, "current"), (1, 0.2, True, "next"), (1, 0.6, False, "current"),  # teacher-mixed + weights
-])
+@pytest.mark.parametrize(
+    ("T", "alpha", "single_step", "reward_from"),
+    [
+        (1, 0.0, False, "current"),
+        (2, 0.0, False, "current"),  # plain REINFORCE with reward-to-go
+        (1, 0.0, True, "next"),
+        (2, 0.0, True, "next"),  # the paper's split: single-step KL + R_{t+1}
+        (1, 0.2, False, "current"),
+        (1, 0.2, True, "next"),
+        (1, 0.6, False, "current"),  # teacher-mixed + weights
+    ],
+)
 def test_expected_gradient_is_the_exact_reverse_kl_gradient(T, alpha, single_step, reward_from):
     theta, teacher = toy(T, seed=T * 10 + int(alpha * 10))
     hp = MiniLLMConfig(alpha=alpha, single_step=single_step, reward_from=reward_from, **EXACT)
@@ -98,9 +115,11 @@ def test_reference_default_counts_the_current_reward_twice_beside_the_single_ste
     single_only = MiniLLMConfig(alpha=0.0, single_step=True, reward_from="next", **EXACT)
     got = expected_grad(theta, teacher, T, hp)
     exact = exact_kl_grad(theta, teacher, T) / T
-    step_terms = sum(mixture_prob(theta, teacher, y, 0.0) * rkl(logits_of(theta, y), logits_of(teacher, y),
-                                                                 torch.ones(1, T, dtype=torch.bool)).double()
-                     for y in itertools.product(range(V), repeat=T))
+    step_terms = sum(
+        mixture_prob(theta, teacher, y, 0.0)
+        * rkl(logits_of(theta, y), logits_of(teacher, y), torch.ones(1, T, dtype=torch.bool)).double()
+        for y in itertools.product(range(V), repeat=T)
+    )
     (g_single,) = torch.autograd.grad(step_terms, theta)
     torch.testing.assert_close(got, exact + g_single, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(expected_grad(theta, teacher, T, single_only), exact, rtol=1e-4, atol=1e-6)
@@ -127,8 +146,9 @@ def test_clipped_estimator_is_the_clipped_objectives_gradient(alpha):
         tokens, mask = torch.tensor([y]), torch.ones(1, T, dtype=torch.bool)
         lq, lp = token_logprobs(s, tokens).double(), token_logprobs(t, tokens).double()
         w, adv = rollout_stats(lq, lp, mask, hp)
-        total = total + mixture_prob(theta, teacher, y, alpha) * clipped_surrogate(lq, lq.detach(), w.double(),
-                                                                                   adv.double(), 0.2)
+        total = total + mixture_prob(theta, teacher, y, alpha) * clipped_surrogate(
+            lq, lq.detach(), w.double(), adv.double(), 0.2
+        )
     (want,) = torch.autograd.grad(total, theta)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
@@ -179,5 +199,7 @@ def test_rewards_are_scaled_and_clipped_and_weights_follow_the_mixture():
     hp = MiniLLMConfig(alpha=0.2, gamma=1.0, reward_scaling=0.5, reward_clip=1.0, length_norm=False, whiten=False)
     w, adv = rollout_stats(lq, lp, m, hp)
     torch.testing.assert_close(w, torch.tensor([[0.5 / (0.2 * 0.25 + 0.8 * 0.5), 0.1 / (0.2 * 0.9 + 0.8 * 0.1)]]))
-    r = torch.tensor([[max(-1.0, 2 * float(torch.log(torch.tensor(0.5)))), min(1.0, 2 * float(torch.log(torch.tensor(9.0))))]])
+    r = torch.tensor(
+        [[max(-1.0, 2 * float(torch.log(torch.tensor(0.5)))), min(1.0, 2 * float(torch.log(torch.tensor(9.0))))]]
+    )
     torch.testing.assert_close(adv, torch.tensor([[r[0, 0] + r[0, 1], r[0, 1]]]))

@@ -4,7 +4,7 @@ import json
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from kdbench.data import messages_for, render_messages, render_prompt, tokenize_example
+from kdbench.data import messages_for, render_messages, tokenize_example
 from kdbench.models.tiny import build_tiny_models, cue_prompts, train_tokenizer
 
 
@@ -38,7 +38,7 @@ def test_chat_template_and_loss_mask(micro):
     tok = AutoTokenizer.from_pretrained(micro.models.teacher)
     text = render_messages(tok, messages_for("What is X?", "Be brief."))
     assert text == "<|system|>Be brief.<|end|><|user|>Question: What is X?\nAnswer:<|end|><|assistant|>"
-    assert render_prompt(tok, "What is X?", "Be brief.") == text
+    assert render_messages(tok, messages_for("What is X?", "Be brief.", wrap=True)) == text
     ex = tokenize_example(tok, "What is X?", "X is a thing.", max_length=64)
     n_resp = sum(ex["loss_mask"])
     assert ex["input_ids"][-1] == tok.eos_token_id and ex["loss_mask"][-1] == 1

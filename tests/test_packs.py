@@ -173,7 +173,9 @@ def test_eval_item_leaking_into_seeds_is_named(copy_pack):
     leak = {"id": "s-leak", "topic": item["topic"], "prompt": f"{item['question']} {item['choices'][item['answer']]}"}
     with (root / "seeds.jsonl").open("a") as f:
         f.write(json.dumps(leak) + "\n")
-    with pytest.raises(PackError, match=rf"seeds.jsonl:id s-leak: shares an 8-word run with eval item\(s\) law_mc:{item['id']}"):
+    with pytest.raises(
+        PackError, match=rf"seeds.jsonl:id s-leak: shares an 8-word run with eval item\(s\) law_mc:{item['id']}"
+    ):
         load_pack(root)
 
 

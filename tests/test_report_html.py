@@ -26,24 +26,49 @@ from kdbench.report.markdown import esc
 EVIL = "<script>alert(1)</script> | **x**"
 # pack -> (mc task, qa task, teacher (mc, qa), before (mc, qa), {algo: [(mc, qa) per seed]})
 SCORES = {
-    "law": ("law_mc", "law_qa", (0.8, 0.5), (0.3, 0.1),
-            {"sft": [(0.5, 0.3), (0.6, 0.3)], "fkl": [(0.4, 0.35), (0.4, 0.25)], "rkl": [(0.7, 0.2), (0.6, 0.2)]}),
-    "medicine": ("medicine_mc", "medicine_qa", (0.9, 0.6), (0.2, 0.0),
-                 {"sft": [(0.6, 0.4), (0.6, 0.2)], "fkl": [(0.8, 0.1), (0.7, 0.1)], "rkl": [(0.5, 0.5), (0.5, 0.3)]}),
+    "law": (
+        "law_mc",
+        "law_qa",
+        (0.8, 0.5),
+        (0.3, 0.1),
+        {"sft": [(0.5, 0.3), (0.6, 0.3)], "fkl": [(0.4, 0.35), (0.4, 0.25)], "rkl": [(0.7, 0.2), (0.6, 0.2)]},
+    ),
+    "medicine": (
+        "medicine_mc",
+        "medicine_qa",
+        (0.9, 0.6),
+        (0.2, 0.0),
+        {"sft": [(0.6, 0.4), (0.6, 0.2)], "fkl": [(0.8, 0.1), (0.7, 0.1)], "rkl": [(0.5, 0.5), (0.5, 0.3)]},
+    ),
 }
 
 
 def _samples(qa: str, label: str, evil: bool = False) -> dict:
     """Seven generation items, logged out of doc_id order; the report shows the first five."""
-    items = [{"doc_id": d, "id": f"{qa}-{d:03d}", "question": f"question {d}?", "target": f"answer {d}",
-              "prediction": EVIL if evil and d == 0 else f"{label} says {d}", "correct": d == 1, "rougeL": 0.5}
-             for d in (6, 3, 0, 5, 1, 4, 2)]
+    items = [
+        {
+            "doc_id": d,
+            "id": f"{qa}-{d:03d}",
+            "question": f"question {d}?",
+            "target": f"answer {d}",
+            "prediction": EVIL if evil and d == 0 else f"{label} says {d}",
+            "correct": d == 1,
+            "rougeL": 0.5,
+        }
+        for d in (6, 3, 0, 5, 1, 4, 2)
+    ]
     return {qa: items}
 
 
 def _run(c, exp, pack, role, name, metrics, tags, samples=None) -> str:
-    full = {"kdbench.pack": pack, "kdbench.pack_version": "1.0.0", "kdbench.pack_data_hash": f"{pack}-hash",
-            "kdbench.role": role, "kdbench.data_hash": f"{pack}-data", **tags}
+    full = {
+        "kdbench.pack": pack,
+        "kdbench.pack_version": "1.0.0",
+        "kdbench.pack_data_hash": f"{pack}-hash",
+        "kdbench.role": role,
+        "kdbench.data_hash": f"{pack}-data",
+        **tags,
+    }
     with tracking.tracked_run(c, exp, content_hash(pack, role, name), name, full) as rid:
         tracking.log_all(c, rid, metrics=metrics)
         if samples is not None:
@@ -57,30 +82,77 @@ def _make_store(cfg) -> dict:
     made = {}
     for pack, (mc, qa, t, b, algos) in SCORES.items():
         exp = tracking.experiment_id(c, cfg, pack)
-        ev = {"teacher": {mc: {"acc": t[0], "n": 40.0}, qa: {"rougeL": t[1], "n": 30.0}},
-              "before": {mc: {"acc": b[0], "n": 40.0}, qa: {"rougeL": b[1], "n": 30.0}}}
-        runs = {"teacher": _run(c, exp, pack, "teacher", f"{pack}/teacher",
-                                {f"{mc}.acc": t[0], f"{qa}.rougeL": t[1], "eval.seconds": 4.0},
-                                {"kdbench.teacher": "/models/T"}, _samples(qa, "teacher")),
-                "before": _run(c, exp, pack, "student_before", f"{pack}/student_before",
-                               {f"{mc}.acc": b[0], f"{qa}.rougeL": b[1], "eval.seconds": 2.0},
-                               {"kdbench.student": "/models/S"}, _samples(qa, "before")),
-                "elicitation": _run(c, exp, pack, "elicitation", f"{pack}/elicitation",
-                                    {"teacher.generated_tokens": 5000}, {"kdbench.teacher": "/models/T"})}
+        ev = {
+            "teacher": {mc: {"acc": t[0], "n": 40.0}, qa: {"rougeL": t[1], "n": 30.0}},
+            "before": {mc: {"acc": b[0], "n": 40.0}, qa: {"rougeL": b[1], "n": 30.0}},
+        }
+        runs = {
+            "teacher": _run(
+                c,
+                exp,
+                pack,
+                "teacher",
+                f"{pack}/teacher",
+                {f"{mc}.acc": t[0], f"{qa}.rougeL": t[1], "eval.seconds": 4.0},
+                {"kdbench.teacher": "/models/T"},
+                _samples(qa, "teacher"),
+            ),
+            "before": _run(
+                c,
+                exp,
+                pack,
+                "student_before",
+                f"{pack}/student_before",
+                {f"{mc}.acc": b[0], f"{qa}.rougeL": b[1], "eval.seconds": 2.0},
+                {"kdbench.student": "/models/S"},
+                _samples(qa, "before"),
+            ),
+            "elicitation": _run(
+                c,
+                exp,
+                pack,
+                "elicitation",
+                f"{pack}/elicitation",
+                {"teacher.generated_tokens": 5000},
+                {"kdbench.teacher": "/models/T"},
+            ),
+        }
         for algo, seeds in algos.items():
             for seed, (a_mc, a_qa) in enumerate(seeds):
                 after = {mc: {"acc": a_mc}, qa: {"rougeL": a_qa}}
-                metrics = {f"{mc}.acc": a_mc, f"{qa}.rougeL": a_qa,
-                           **all_gaps(ev["teacher"], ev["before"], after),
-                           "cost.train_tokens": 1000 * (1 + list(algos).index(algo)),
-                           "cost.train_seconds": 10.0 + seed, "cost.wall_seconds": 11.0, "cost.cpu_seconds": 20.0,
-                           "cost.gpu_seconds": 0.0, "cost.peak_mem_mb": 900.0, "cost.teacher_tokens": 5000,
-                           "cost.eval_seconds": 1.5, "cost.tokens_per_s": 100.0}
-                tags = {"kdbench.teacher": "/models/T", "kdbench.student": "/models/S", "kdbench.algorithm": algo,
-                        "kdbench.seed": str(seed), "kdbench.teacher_run": runs["teacher"],
-                        "kdbench.before_run": runs["before"], "kdbench.elicitation_run": runs["elicitation"]}
-                runs[f"{algo}/{seed}"] = _run(c, exp, pack, "student_after", f"{pack}/{algo}/seed{seed}", metrics,
-                                              tags, _samples(qa, f"{algo}{seed}", evil=(algo == "rkl" and seed == 0)))
+                metrics = {
+                    f"{mc}.acc": a_mc,
+                    f"{qa}.rougeL": a_qa,
+                    **all_gaps(ev["teacher"], ev["before"], after),
+                    "cost.train_tokens": 1000 * (1 + list(algos).index(algo)),
+                    "cost.train_seconds": 10.0 + seed,
+                    "cost.wall_seconds": 11.0,
+                    "cost.cpu_seconds": 20.0,
+                    "cost.gpu_seconds": 0.0,
+                    "cost.peak_mem_mb": 900.0,
+                    "cost.teacher_tokens": 5000,
+                    "cost.eval_seconds": 1.5,
+                    "cost.tokens_per_s": 100.0,
+                }
+                tags = {
+                    "kdbench.teacher": "/models/T",
+                    "kdbench.student": "/models/S",
+                    "kdbench.algorithm": algo,
+                    "kdbench.seed": str(seed),
+                    "kdbench.teacher_run": runs["teacher"],
+                    "kdbench.before_run": runs["before"],
+                    "kdbench.elicitation_run": runs["elicitation"],
+                }
+                runs[f"{algo}/{seed}"] = _run(
+                    c,
+                    exp,
+                    pack,
+                    "student_after",
+                    f"{pack}/{algo}/seed{seed}",
+                    metrics,
+                    tags,
+                    _samples(qa, f"{algo}{seed}", evil=(algo == "rkl" and seed == 0)),
+                )
         made[pack] = {"experiment": exp, "runs": runs}
     return made
 
@@ -145,8 +217,9 @@ def test_gap_table_student_before_and_chance(store):
 def test_summary_and_win_rates_by_hand(store):
     md = store[2]["markdown"].read_text()
     s = "## Summary across packs"
-    assert _line(md, "| model |", s) == ("| model | law: law\\_mc acc (%) | medicine: medicine\\_mc acc (%) | "
-                                         "mean win rate (%, 4 columns) |")
+    assert _line(md, "| model |", s) == (
+        "| model | law: law\\_mc acc (%) | medicine: medicine\\_mc acc (%) | mean win rate (%, 4 columns) |"
+    )
     # columns law_mc: rkl > sft > fkl; law_qa: sft = fkl > rkl; medicine_mc: fkl > sft > rkl;
     # medicine_qa: rkl > sft > fkl. Win rates: sft (.5 + .75 + .5 + .5) / 4, fkl (0 + .75 + 1 + 0) / 4,
     # rkl (1 + 0 + 0 + 1) / 4
@@ -154,22 +227,24 @@ def test_summary_and_win_rates_by_hand(store):
     assert _line(md, "| rkl |", s) == "| rkl | **65.0** | 50.0 | 50.0 |"
     assert _line(md, "| fkl |", s) == "| fkl | 40.0 | **75.0** | 43.8 |"
     assert _line(md, "| teacher |", s) == "| teacher | 80.0 | 90.0 | – |"
-    rows = [line.split(" | ")[0] for line in md[md.index(s):md.index("## law")].splitlines() if line.startswith("| ")]
+    rows = [line.split(" | ")[0] for line in md[md.index(s) : md.index("## law")].splitlines() if line.startswith("| ")]
     assert rows[1:] == ["| teacher", "| student (before)", "| sft", "| rkl", "| fkl"]  # best win rate first
 
 
 def test_win_rates_ties_and_single_algorithm_columns():
     rates = win_rates({"a": {"x": 1.0, "y": 1.0, "z": 0.0}, "b": {"x": 0.2, "y": 0.1}, "c": {"x": 5.0}})
-    got = dict(zip(rates["algorithm"], rates["win_rate"]))
+    got = dict(zip(rates["algorithm"], rates["win_rate"], strict=False))
     assert got == pytest.approx({"x": (0.75 + 1.0) / 2, "y": (0.75 + 0.0) / 2, "z": 0.0})
-    assert dict(zip(rates["algorithm"], rates["columns"])) == {"x": 2, "y": 2, "z": 1}
+    assert dict(zip(rates["algorithm"], rates["columns"], strict=False)) == {"x": 2, "y": 2, "z": 1}
 
 
 def test_costs_per_row(store):
     md = store[2]["markdown"].read_text()
     cost = "### Cost"
-    assert _line(md, "| model |", cost) == ("| model | teacher tokens | train tokens | train wall (s) | CPU (s) | "
-                                            "GPU (s) | peak mem (MB) | train tokens/s | eval (s) |")
+    assert _line(md, "| model |", cost) == (
+        "| model | teacher tokens | train tokens | train wall (s) | CPU (s) | "
+        "GPU (s) | peak mem (MB) | train tokens/s | eval (s) |"
+    )
     assert _line(md, "| sft |", cost) == "| sft | 5,000 | **1,000** | 10.5 | 20.0 | 0 | 900 | 100 | 1.5 |"
     assert _line(md, "| teacher |", cost) == "| teacher | – | – | – | – | – | – | – | 4.0 |"
 
@@ -184,16 +259,21 @@ def test_links_and_provenance(store):
             assert f"[`{rid}`]({url})" in md, label
             assert f'<a href="{url}"><code>{rid}</code></a>' in page, label
     assert f"mlflow ui --backend-store-uri {tracking.tracking_uri(cfg)} --port 5000" in md
-    for text in ["pack data hash: `law-hash`", "training data hash: `law-data`", "teacher: `/models/T`",
-                 f"code version: `{tracking.code_version()}`", "elicitation (teacher data)"]:
+    for text in [
+        "pack data hash: `law-hash`",
+        "training data hash: `law-data`",
+        "teacher: `/models/T`",
+        f"code version: `{tracking.code_version()}`",
+        "elicitation (teacher data)",
+    ]:
         assert text in md
 
 
 def test_samples_side_by_side_first_five_by_doc_id(store):
     md = store[2]["markdown"].read_text()
-    part = md[md.index("## law"):md.index("## medicine")]
+    part = md[md.index("## law") : md.index("## medicine")]
     assert [f"#### law\\_qa · law\\_qa-{d:03d}" in part for d in range(7)] == [True] * 5 + [False] * 2
-    item = part[part.index("law\\_qa-001"):]
+    item = part[part.index("law\\_qa-001") :]
     assert "| teacher | teacher says 1 | rougeL 0.50, exact ✓ |" in item
     assert "| student (before) | before says 1 |" in item and "| sft (seed 0) | sft0 says 1 |" in item
 
@@ -246,14 +326,37 @@ def test_clear_errors(store, monkeypatch):
 def test_cli_report_options(store, capsys):
     cfg, made, _, tmp = store
     out = tmp / "cli"
-    rc = main(["report", "--home", cfg.home, "--pack", "law,medicine", "--out", str(out), "--name", "appendix",
-               "--mlflow-ui-url", "http://mlflow.internal:8080", "--since", "2020-01-01"])
+    rc = main(
+        [
+            "report",
+            "--home",
+            cfg.home,
+            "--pack",
+            "law,medicine",
+            "--out",
+            str(out),
+            "--name",
+            "appendix",
+            "--mlflow-ui-url",
+            "http://mlflow.internal:8080",
+            "--since",
+            "2020-01-01",
+        ]
+    )
     assert rc == 0
-    assert {p.name for p in out.iterdir()} >= {"appendix.md", "appendix.html", "appendix-gap-closed.png",
-                                                "appendix-cost-law.png", "appendix-law.csv", "appendix-medicine.csv"}
+    assert {p.name for p in out.iterdir()} >= {
+        "appendix.md",
+        "appendix.html",
+        "appendix-gap-closed.png",
+        "appendix-cost-law.png",
+        "appendix-law.csv",
+        "appendix-medicine.csv",
+    }
     rid = made["law"]["runs"]["sft/0"]
-    assert f"http://mlflow.internal:8080/#/experiments/{made['law']['experiment']}/runs/{rid}" in (
-        out / "appendix.md").read_text()
+    assert (
+        f"http://mlflow.internal:8080/#/experiments/{made['law']['experiment']}/runs/{rid}"
+        in (out / "appendix.md").read_text()
+    )
     assert "appendix.html" in capsys.readouterr().out
     assert main(["report", "--home", cfg.home, "--pack", "nope", "--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -264,14 +367,29 @@ def test_pack_not_present_here_is_inferred(tmp_path):
     cfg = load_config(overrides={"pack": "law", "home": str(tmp_path / "home")})
     c = tracking.client(cfg)
     exp = tracking.experiment_id(c, cfg, "astro")
-    _run(c, exp, "astro", "teacher", "t", {"astro_mc.acc": 0.9, "astro_qa.rougeL": 0.4}, {"kdbench.teacher": "T"},
-         _samples("astro_qa", "teacher"))
-    _run(c, exp, "astro", "student_before", "b", {"astro_mc.acc": 0.3, "astro_qa.rougeL": 0.1},
-         {"kdbench.student": "S"})
-    _run(c, exp, "astro", "student_after", "a", {"astro_mc.acc": 0.6, "astro_qa.rougeL": 0.2,
-                                                 "astro_mc.acc.gap_closed": 0.5},
-         {"kdbench.teacher": "T", "kdbench.student": "S", "kdbench.algorithm": "sft", "kdbench.seed": "0"},
-         _samples("astro_qa", "sft"))
+    _run(
+        c,
+        exp,
+        "astro",
+        "teacher",
+        "t",
+        {"astro_mc.acc": 0.9, "astro_qa.rougeL": 0.4},
+        {"kdbench.teacher": "T"},
+        _samples("astro_qa", "teacher"),
+    )
+    _run(
+        c, exp, "astro", "student_before", "b", {"astro_mc.acc": 0.3, "astro_qa.rougeL": 0.1}, {"kdbench.student": "S"}
+    )
+    _run(
+        c,
+        exp,
+        "astro",
+        "student_after",
+        "a",
+        {"astro_mc.acc": 0.6, "astro_qa.rougeL": 0.2, "astro_mc.acc.gap_closed": 0.5},
+        {"kdbench.teacher": "T", "kdbench.student": "S", "kdbench.algorithm": "sft", "kdbench.seed": "0"},
+        _samples("astro_qa", "sft"),
+    )
     md = write_report(cfg, out_dir=tmp_path / "out")["markdown"].read_text()
     assert "tasks were inferred" in md and "| sft | 60.0 (n=1) | 20.0 (n=1) |" in md
     assert "#### astro\\_qa · astro\\_qa-000" in md
@@ -292,16 +410,30 @@ class _Dom(HTMLParser):
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs chromium (make test-deps installs it)")
 def test_html_renders_in_headless_chromium(store):
     _, _, paths, tmp = store
     page = paths["html"]
-    dom_out = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp / 'chromium-dom'}", "--dump-dom",
-                              page.as_uri()], capture_output=True, text=True, timeout=120, check=True).stdout
+    dom_out = subprocess.run(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={tmp / 'chromium-dom'}", "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     dom = _Dom()
     dom.feed(dom_out)
     tags = [t for t, _ in dom.tags]
@@ -313,8 +445,19 @@ def test_html_renders_in_headless_chromium(store):
     assert EVIL in text and "Summary across packs" in text and "Sample generations" in text
     assert dom_out.count('class="r best"') >= 10  # best values are marked
     shot = tmp / "report.png"
-    subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp / 'chromium-shot'}", f"--screenshot={shot}",
-                    "--window-size=1400,2000", page.as_uri()], capture_output=True, timeout=120, check=True)
+    subprocess.run(
+        [
+            CHROMIUM,
+            *FLAGS,
+            f"--user-data-dir={tmp / 'chromium-shot'}",
+            f"--screenshot={shot}",
+            "--window-size=1400,2000",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     from PIL import Image
 
     with Image.open(shot) as im:

@@ -63,18 +63,43 @@ def _wait_http(url: str, proc, seconds: float, log: Path) -> None:
 
 @pytest.fixture
 def servers(tmp_path):
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
     env.pop("PREFECT_API_URL", None)
     env.pop("MLFLOW_TRACKING_URI", None)
     pp, mp = _port(), _port()
     logs = {n: tmp_path / f"{n}.log" for n in ("prefect", "mlflow", "serve")}
-    prefect = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(pp)],
-                               env=env, stdout=logs["prefect"].open("w"), stderr=subprocess.STDOUT)
-    mlflow = subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mp),
-                               "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-                               "--artifacts-destination", str(tmp_path / "mlartifacts")],
-                              env=env, stdout=logs["mlflow"].open("w"), stderr=subprocess.STDOUT, cwd=tmp_path)
+    prefect = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(pp)],
+        env=env,
+        stdout=logs["prefect"].open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    mlflow = subprocess.Popen(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(mp),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "mlartifacts"),
+        ],
+        env=env,
+        stdout=logs["mlflow"].open("w"),
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+    )
     procs = [prefect, mlflow]
     try:
         _wait_http(f"http://127.0.0.1:{pp}/api/health", prefect, 180, logs["prefect"])
@@ -96,14 +121,37 @@ def test_served_deployment_runs_and_lands_in_the_mlflow_server(servers, tmp_path
     from prefect.client.orchestration import get_client
 
     env, logs, procs = servers
-    tiny = ["--set", "tiny.vocab_size=800", "--set", "tiny.teacher_epochs=2",
-            "--set", "tiny.teacher={hidden_size: 64, num_layers: 2, num_heads: 2, intermediate_size: 128}",
-            "--set", "tiny.student={hidden_size: 32, num_layers: 1, num_heads: 2, intermediate_size: 64}",
-            "--set", "elicit.limit=24", "--set", "eval.limit=12", "--set", "distill.algorithms=[sft]",
-            "--set", "distill.seeds=[0]", "--set", "distill.train.epochs=1", "--set", f"home={tmp_path / 'home'}",
-            "--set", f"report_dir={tmp_path / 'reports'}"]
-    serve = subprocess.Popen([str(BIN / "kdbench"), "schedule", "--only", "law", *tiny], env=env, cwd=REPO,
-                             stdout=logs["serve"].open("w"), stderr=subprocess.STDOUT)
+    tiny = [
+        "--set",
+        "tiny.vocab_size=800",
+        "--set",
+        "tiny.teacher_epochs=2",
+        "--set",
+        "tiny.teacher={hidden_size: 64, num_layers: 2, num_heads: 2, intermediate_size: 128}",
+        "--set",
+        "tiny.student={hidden_size: 32, num_layers: 1, num_heads: 2, intermediate_size: 64}",
+        "--set",
+        "elicit.limit=24",
+        "--set",
+        "eval.limit=12",
+        "--set",
+        "distill.algorithms=[sft]",
+        "--set",
+        "distill.seeds=[0]",
+        "--set",
+        "distill.train.epochs=1",
+        "--set",
+        f"home={tmp_path / 'home'}",
+        "--set",
+        f"report_dir={tmp_path / 'reports'}",
+    ]
+    serve = subprocess.Popen(
+        [str(BIN / "kdbench"), "schedule", "--only", "law", *tiny],
+        env=env,
+        cwd=REPO,
+        stdout=logs["serve"].open("w"),
+        stderr=subprocess.STDOUT,
+    )
     procs.append(serve)
     from prefect.settings import PREFECT_API_URL, temporary_settings
 

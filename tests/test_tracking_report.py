@@ -58,8 +58,13 @@ def test_failure_marks_run_failed_with_step(cfg):
 def _fake_run(c, exp, role, acc, **tags):
     from kdbench.data import content_hash
 
-    with tracking.tracked_run(c, exp, content_hash(role, acc, tags), role, {"kdbench.pack": "law", "kdbench.role": role,
-                                                                     **{f"kdbench.{k}": v for k, v in tags.items()}}) as rid:
+    with tracking.tracked_run(
+        c,
+        exp,
+        content_hash(role, acc, tags),
+        role,
+        {"kdbench.pack": "law", "kdbench.role": role, **{f"kdbench.{k}": v for k, v in tags.items()}},
+    ) as rid:
         m = {"law_mc.acc": acc, "law_qa.rougeL": acc / 2}
         if role == "student_after":
             m.update({f"law_mc.acc.{k}": v for k, v in gap_metrics(0.8, 0.3, acc).items()})
@@ -79,7 +84,7 @@ def test_leaderboard_aggregates_seeds_and_marks_best(cfg):
     md = paths["markdown"].read_text()
     assert "| teacher | 80.0 (n=1)" in md
     assert "| sft | **55.0 ± 7.1 (n=2)** |" in md and "| fkl | 40.0 ± 0.0 (n=2) |" in md
-    gaps = md[md.index("### Gap to the teacher"):]
+    gaps = md[md.index("### Gap to the teacher") :]
     sft = next(line for line in gaps.splitlines() if line.startswith("| sft"))
     assert sft.split(" | ")[2] == "**50.0 ± 14.1**"  # gap closed: per seed (0.5 - 0.3) / (0.8 - 0.3), (0.6 - 0.3) / 0.5
     csv = paths["law.csv"].read_text()

@@ -12,7 +12,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from kdbench.distill.losses import DEFAULT_CHUNK, DIVERGENCES, TopK, causal_lm_ce, shift
-from kdbench.distill.trainer import StepContext
+from kdbench.training import StepContext
 
 
 class DivergenceConfig(BaseModel):
@@ -40,6 +40,7 @@ def teacher_targets(ctx: StepContext, batch) -> torch.Tensor | TopK:
         return TopK(batch["teacher_topk_ids"], batch["teacher_topk_logprobs"])
     if "_teacher_logits" in batch:  # already computed by the caller (e.g. hidden)
         return batch["_teacher_logits"]
+    assert ctx.teacher is not None, "no cached top-k for this batch and no teacher model loaded"
     return ctx.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
 

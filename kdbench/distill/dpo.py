@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from kdbench.data import collate, pad_id, tokenize_example
-from kdbench.distill.trainer import StepContext
 from kdbench.models.sampling import token_logprobs
+from kdbench.training import StepContext
 
 
 class DPOConfig(BaseModel):
@@ -40,16 +40,23 @@ def prepare(rows: list[dict], tokenizer, max_length: int, student, batch_size: i
     for r in rows:
         c = tokenize_example(tokenizer, r["prompt"], r["chosen"], max_length=max_length)
         j = tokenize_example(tokenizer, r["prompt"], r["rejected"], max_length=max_length)
-        examples.append({"input_ids": c["input_ids"], "loss_mask": c["loss_mask"],
-                         "rejected_input_ids": j["input_ids"], "rejected_loss_mask": j["loss_mask"]})
+        examples.append(
+            {
+                "input_ids": c["input_ids"],
+                "loss_mask": c["loss_mask"],
+                "rejected_input_ids": j["input_ids"],
+                "rejected_loss_mask": j["loss_mask"],
+            }
+        )
     pad = pad_id(tokenizer)
     student.eval()
     for i in range(0, len(examples), batch_size):
         part = examples[i : i + batch_size]
         b = collate(part, pad)
         ref_c = sequence_logprob(student, b["input_ids"], b["attention_mask"], b["loss_mask"])
-        ref_r = sequence_logprob(student, b["rejected_input_ids"], b["rejected_attention_mask"],
-                                 b["rejected_loss_mask"])
+        ref_r = sequence_logprob(
+            student, b["rejected_input_ids"], b["rejected_attention_mask"], b["rejected_loss_mask"]
+        )
         for e, c, r in zip(part, ref_c.tolist(), ref_r.tolist(), strict=True):
             e["ref_chosen"], e["ref_rejected"] = float(c), float(r)
     student.train()
@@ -59,12 +66,15 @@ def prepare(rows: list[dict], tokenizer, max_length: int, student, batch_size: i
 def dpo_step(ctx: StepContext, batch):
     hp: DPOConfig = ctx.hp
     pc = sequence_logprob(ctx.student, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
-    pr = sequence_logprob(ctx.student, batch["rejected_input_ids"], batch["rejected_attention_mask"],
-                          batch["rejected_loss_mask"])
+    pr = sequence_logprob(
+        ctx.student, batch["rejected_input_ids"], batch["rejected_attention_mask"], batch["rejected_loss_mask"]
+    )
     margin = hp.beta * ((pc - batch["ref_chosen"]) - (pr - batch["ref_rejected"]))
     loss = (-(1 - hp.label_smoothing) * F.logsigmoid(margin) - hp.label_smoothing * F.logsigmoid(-margin)).mean()
-    logs = {"reward_margin": float(margin.detach().mean() / hp.beta),
-            "reward_accuracy": float((margin.detach() > 0).float().mean())}
+    logs = {
+        "reward_margin": float(margin.detach().mean() / hp.beta),
+        "reward_accuracy": float((margin.detach() > 0).float().mean()),
+    }
     if hp.sft_weight:
         n = batch["loss_mask"][:, 1:].sum().clamp_min(1)
         nll = -pc.sum() / n

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from kdbench.distill.divergence import DivergenceConfig, divergence_loss
 from kdbench.distill.onpolicy import student_batch
-from kdbench.distill.trainer import StepContext
+from kdbench.training import StepContext
 
 
 class GKDConfig(DivergenceConfig):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from kdbench.distill.divergence import DivergenceConfig, divergence_loss
-from kdbench.distill.trainer import StepContext
+from kdbench.training import StepContext
 
 
 class HiddenConfig(DivergenceConfig):
@@ -63,7 +63,7 @@ def feature_loss(s_states, t_states, mask: torch.Tensor, projections, kind: str)
     """
     pairs = layer_map(len(s_states) - 1, len(t_states) - 1)
     projected = projections([s_states[i][mask].float() for i, _ in pairs])
-    total = 0.0
+    total = torch.zeros((), device=mask.device)
     for s, (_, j) in zip(projected, pairs, strict=True):
         t = t_states[j][mask].float()
         total = total + (F.mse_loss(s, t) if kind == "mse" else (1 - F.cosine_similarity(s, t, dim=-1)).mean())
@@ -72,11 +72,12 @@ def feature_loss(s_states, t_states, mask: torch.Tensor, projections, kind: str)
 
 def hidden_step(ctx: StepContext, batch):
     hp: HiddenConfig = ctx.hp
-    out = ctx.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                      output_hidden_states=True)
+    out = ctx.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+    assert ctx.teacher is not None, "hidden needs the teacher model (teacher_model=True in the registry)"
     with torch.no_grad():
-        t_out = ctx.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                            output_hidden_states=True)
+        t_out = ctx.teacher(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
+        )
     mask = batch["loss_mask"]
     feat = feature_loss(out.hidden_states, t_out.hidden_states, mask, ctx.extra["projections"], hp.feature_loss)
     batch = {**batch, "_teacher_logits": t_out.logits}

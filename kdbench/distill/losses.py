@@ -41,6 +41,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from kdbench.training import causal_lm_ce  # noqa: F401  (re-exported: the cross-entropy beside the divergences)
+
 DEFAULT_CHUNK = 32  # rows per chunk: 32 x 32000 x 4 B = 4 MB per temporary
 _FLOOR = -1e30  # stands in for log(0) so 0 * log(0) terms are 0, not NaN
 TAIL_FLOOR = 1e-6  # smallest tail mass a top-k teacher is taken to have (see _bins)
@@ -176,8 +178,7 @@ def _bins(ls: torch.Tensor, ids: torch.Tensor, lt_k: torch.Tensor):
     s_tail = torch.logsumexp(ls.scatter(-1, ids, float("-inf")), dim=-1, keepdim=True).clamp_min(floor)
     t_head = torch.logsumexp(lt_k, dim=-1, keepdim=True).clamp_max(0.0)
     t_tail = torch.log(-torch.expm1(t_head)).clamp_min(floor)
-    return (torch.cat([ls.gather(-1, ids), s_tail], dim=-1),
-            torch.cat([lt_k, t_tail], dim=-1).clamp_min(_FLOOR))
+    return (torch.cat([ls.gather(-1, ids), s_tail], dim=-1), torch.cat([lt_k, t_tail], dim=-1).clamp_min(_FLOOR))
 
 
 def _chunk(terms, s: torch.Tensor, t, temperature: float, want_grad: bool):
@@ -216,10 +217,15 @@ class _ChunkedDivergence(torch.autograd.Function):
         for start in range(0, rows.numel(), chunk):
             idx = rows[start : start + chunk]
             w = weights.index_select(0, idx)
-            d, g = _chunk(terms, student.index_select(0, idx).float(), _teacher_rows(teacher, idx, temperature, V),
-                          temperature, needs_grad)
+            d, g = _chunk(
+                terms,
+                student.index_select(0, idx).float(),
+                _teacher_rows(teacher, idx, temperature, V),
+                temperature,
+                needs_grad,
+            )
             total += (d * w).sum()
-            if needs_grad:
+            if grad is not None:  # needs_grad
                 grad.index_copy_(0, idx, (g * w[:, None]).to(grad.dtype))
         ctx.save_for_backward(grad) if needs_grad else None
         return total
@@ -232,8 +238,15 @@ class _ChunkedDivergence(torch.autograd.Function):
         return grad, None, None, None, None, None, None, None
 
 
-def divergence(terms: Callable, student_logits: torch.Tensor, teacher_logits, mask: torch.Tensor, *,
-               temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
+def divergence(
+    terms: Callable,
+    student_logits: torch.Tensor,
+    teacher_logits,
+    mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> torch.Tensor:
     """tau^2 * masked mean over positions of the divergence ``terms`` computes; see module doc."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -243,29 +256,29 @@ def divergence(terms: Callable, student_logits: torch.Tensor, teacher_logits, ma
     denom = mask.sum()
     if denom == 0:
         return student_logits.sum() * 0.0
-    weights = (mask.reshape(-1).float() * (temperature**2 / denom.float()))
+    weights = mask.reshape(-1).float() * (temperature**2 / denom.float())
     student = student_logits.reshape(B * T, V)
     if isinstance(teacher_logits, TopK):
         k = teacher_logits.ids.shape[-1]
         dense, ids, lp = None, teacher_logits.ids.reshape(B * T, k), teacher_logits.logprobs.reshape(B * T, k)
     else:
         if teacher_logits.shape != student_logits.shape:
-            raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} != student logits {(B, T, V)}; "
-                             "white-box losses need one vocabulary")
+            raise ValueError(
+                f"teacher logits {tuple(teacher_logits.shape)} != student logits {(B, T, V)}; "
+                "white-box losses need one vocabulary"
+            )
         dense, ids, lp = teacher_logits.detach().reshape(B * T, V), None, None
     return _ChunkedDivergence.apply(student, dense, ids, lp, weights, terms, float(temperature), chunk_size)
 
 
 def fkl(student_logits, teacher_logits, mask, *, temperature=1.0, chunk_size=DEFAULT_CHUNK):
     """Forward KL(p || q) per position, masked mean, times tau^2."""
-    return divergence(fkl_terms, student_logits, teacher_logits, mask, temperature=temperature,
-                      chunk_size=chunk_size)
+    return divergence(fkl_terms, student_logits, teacher_logits, mask, temperature=temperature, chunk_size=chunk_size)
 
 
 def rkl(student_logits, teacher_logits, mask, *, temperature=1.0, chunk_size=DEFAULT_CHUNK):
     """Reverse KL(q || p) per position, masked mean, times tau^2."""
-    return divergence(rkl_terms, student_logits, teacher_logits, mask, temperature=temperature,
-                      chunk_size=chunk_size)
+    return divergence(rkl_terms, student_logits, teacher_logits, mask, temperature=temperature, chunk_size=chunk_size)
 
 
 def jsd(student_logits, teacher_logits, mask, *, temperature=1.0, beta=0.5, chunk_size=DEFAULT_CHUNK):
@@ -273,48 +286,57 @@ def jsd(student_logits, teacher_logits, mask, *, temperature=1.0, beta=0.5, chun
     beta = 1 reverse KL (TRL's convention)."""
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be in [0, 1], got {beta}")
-    return divergence(lambda ls, lt: jsd_terms(ls, lt, beta), student_logits, teacher_logits, mask,
-                      temperature=temperature, chunk_size=chunk_size)
+    return divergence(
+        lambda ls, lt: jsd_terms(ls, lt, beta),
+        student_logits,
+        teacher_logits,
+        mask,
+        temperature=temperature,
+        chunk_size=chunk_size,
+    )
 
 
 def tvd(student_logits, teacher_logits, mask, *, temperature=1.0, chunk_size=DEFAULT_CHUNK):
     """Total variation distance per position, masked mean, times tau^2."""
-    return divergence(tvd_terms, student_logits, teacher_logits, mask, temperature=temperature,
-                      chunk_size=chunk_size)
+    return divergence(tvd_terms, student_logits, teacher_logits, mask, temperature=temperature, chunk_size=chunk_size)
 
 
 def skl(student_logits, teacher_logits, mask, *, temperature=1.0, alpha=0.1, chunk_size=DEFAULT_CHUNK):
     """Skew KL(p || alpha p + (1 - alpha) q) (DistiLLM, default alpha = 0.1)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    return divergence(lambda ls, lt: skl_terms(ls, lt, alpha), student_logits, teacher_logits, mask,
-                      temperature=temperature, chunk_size=chunk_size)
+    return divergence(
+        lambda ls, lt: skl_terms(ls, lt, alpha),
+        student_logits,
+        teacher_logits,
+        mask,
+        temperature=temperature,
+        chunk_size=chunk_size,
+    )
 
 
 def srkl(student_logits, teacher_logits, mask, *, temperature=1.0, alpha=0.1, chunk_size=DEFAULT_CHUNK):
     """Skew reverse KL(q || alpha q + (1 - alpha) p) (DistiLLM, default alpha = 0.1)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    return divergence(lambda ls, lt: srkl_terms(ls, lt, alpha), student_logits, teacher_logits, mask,
-                      temperature=temperature, chunk_size=chunk_size)
+    return divergence(
+        lambda ls, lt: srkl_terms(ls, lt, alpha),
+        student_logits,
+        teacher_logits,
+        mask,
+        temperature=temperature,
+        chunk_size=chunk_size,
+    )
 
 
 DIVERGENCES: dict[str, Callable[..., torch.Tensor]] = {
-    "fkl": fkl, "rkl": rkl, "jsd": jsd, "tvd": tvd, "skl": skl, "srkl": srkl,
+    "fkl": fkl,
+    "rkl": rkl,
+    "jsd": jsd,
+    "tvd": tvd,
+    "skl": skl,
+    "srkl": srkl,
 }
-
-
-def causal_lm_ce(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over masked target tokens.
-
-    logits [B,T,V] (position t predicts token t+1), input_ids [B,T], loss_mask [B,T]
-    marking the target tokens.
-    """
-    target_mask = loss_mask[:, 1:]
-    if not target_mask.any():
-        return logits.sum() * 0.0
-    pred = logits[:, :-1][target_mask]
-    return F.cross_entropy(pred.float(), input_ids[:, 1:][target_mask])
 
 
 def shift(logits: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -42,8 +42,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kdbench.distill.losses import DEFAULT_CHUNK, causal_lm_ce, rkl
 from kdbench.distill.onpolicy import mixture_batch
-from kdbench.distill.trainer import StepContext
 from kdbench.models.sampling import token_logprobs
+from kdbench.training import StepContext
 
 
 class MiniLLMConfig(BaseModel):
@@ -51,26 +51,39 @@ class MiniLLMConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     alpha: float = Field(0.2, ge=0, lt=1, description="teacher share of the sampling mixture (--teacher-mixed-alpha)")
-    clip_eps: float | None = Field(0.2, gt=0, description="PPO clip range of rho = ratio * w (--cliprange); "
-                                   "null turns clipping off")
+    clip_eps: float | None = Field(
+        0.2, gt=0, description="PPO clip range of rho = ratio * w (--cliprange); null turns clipping off"
+    )
     gamma: float = Field(0.95, ge=0, le=1, description="discount of future rewards (--gamma)")
     reward_scaling: float = Field(0.5, gt=0, description="rewards are divided by this (--reward-scaling)")
     reward_clip: float | None = Field(100.0, gt=0, description="rewards clipped to +-this (--cliprange-reward)")
     length_norm: bool = Field(True, description="divide each return by the number of tokens it sums")
     whiten: bool = Field(True, description="whiten advantages over the batch's sampled tokens")
     reward_from: Literal["current", "next"] = Field(
-        "current", description="return from the current token (reference code) or the next one (the paper's "
-        "R_{t+1}, unbiased beside the single-step term)")
+        "current",
+        description="return from the current token (reference code) or the next one (the paper's "
+        "R_{t+1}, unbiased beside the single-step term)",
+    )
     single_step: bool = Field(True, description="add the exact per-step KL(q || p) (--single-step-reg)")
     ppo_epochs: int = Field(4, ge=1, description="updates per sampled batch (--ppo-epochs)")
     max_new_tokens: int = Field(48, ge=1, description="tokens sampled per prompt")
-    seqkd_weight: float = Field(0.0, ge=0, description="+ this x cross-entropy on the teacher's responses "
-                                "(SeqKD; not in MiniLLM, whose LM loss is on pretraining data)")
+    seqkd_weight: float = Field(
+        0.0,
+        ge=0,
+        description="+ this x cross-entropy on the teacher's responses "
+        "(SeqKD; not in MiniLLM, whose LM loss is on pretraining data)",
+    )
     chunk_size: int = Field(DEFAULT_CHUNK, ge=1, description="positions per chunk of the single-step KL")
 
 
-def returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float, *, length_norm: bool,
-            start: Literal["current", "next"] = "current") -> torch.Tensor:
+def returns(
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float,
+    *,
+    length_norm: bool,
+    start: Literal["current", "next"] = "current",
+) -> torch.Tensor:
     """Discounted returns per token. rewards, mask [B,T] -> [B,T].
 
     current: G_t = sum_{t' >= t} gamma^(t'-t) r_t'; next: G_{t+1} (0 at the last token).
@@ -126,8 +139,14 @@ def _log(x: float) -> float:
     return float(torch.log(torch.tensor(x, dtype=torch.float64))) if x > 0 else float("-inf")
 
 
-def pg_loss(lq: torch.Tensor, old_lq: torch.Tensor, w: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
-            clip_eps: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+def pg_loss(
+    lq: torch.Tensor,
+    old_lq: torch.Tensor,
+    w: torch.Tensor,
+    adv: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO-clipped policy-gradient loss and the fraction of tokens clipped. All inputs [B,T]; lq carries the
     gradient. rho = exp(lq - old_lq) * w; per token max(-A rho, -A clip(rho, 1 - eps, 1 + eps)); masked mean."""
     m = mask.float()
@@ -147,11 +166,12 @@ def minillm_step(ctx: StepContext, batch):
     hp: MiniLLMConfig = ctx.hp
     roll = ctx.extra.get("minillm_rollout")
     fresh = roll is None or roll["uses_left"] == 0
-    if fresh:
+    if roll is None or fresh:
         roll = {"batch": mixture_batch(ctx, batch, hp.max_new_tokens, hp.alpha), "uses_left": hp.ppo_epochs}
     sampled = roll["batch"]
     ids, attn = sampled["input_ids"], sampled["attention_mask"]
     s_logits = ctx.student(input_ids=ids, attention_mask=attn).logits[:, :-1]
+    assert ctx.teacher is not None, "minillm needs the teacher model (teacher_model=True in the registry)"
     with torch.no_grad():
         t_logits = ctx.teacher(input_ids=ids, attention_mask=attn).logits[:, :-1]
     tokens, mask = ids[:, 1:], sampled["action_mask"][:, 1:]
@@ -165,8 +185,13 @@ def minillm_step(ctx: StepContext, batch):
     ctx.extra["minillm_rollout"] = roll
     loss, clip_frac = pg_loss(lq, roll["old_lq"], roll["w"], roll["adv"], mask, hp.clip_eps)
     m = mask.float()
-    logs = {"pg_loss": float(loss.detach()), "clip_frac": float(clip_frac), "reward": roll["reward"],
-            "w_mean": float((roll["w"] * m).sum() / m.sum().clamp_min(1)), "fresh_rollout": float(fresh)}
+    logs = {
+        "pg_loss": float(loss.detach()),
+        "clip_frac": float(clip_frac),
+        "reward": roll["reward"],
+        "w_mean": float((roll["w"] * m).sum() / m.sum().clamp_min(1)),
+        "fresh_rollout": float(fresh),
+    }
     if hp.single_step:
         single = rkl(s_logits, t_logits, mask, chunk_size=hp.chunk_size)
         loss = loss + single

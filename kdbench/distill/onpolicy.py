@@ -29,12 +29,15 @@ def prompts_of(batch: dict[str, torch.Tensor]) -> list[list[int]]:
     return out
 
 
-def as_batch(prompts: list[list[int]], continuations: list[list[int]], stopped: list[bool], eos: int, pad: int,
-             device) -> dict[str, torch.Tensor]:
+def as_batch(
+    prompts: list[list[int]], continuations: list[list[int]], stopped: list[bool], eos: int, pad: int, device
+) -> dict[str, torch.Tensor]:
     """prompt + continuation + eos per row, right-padded; loss_mask over continuation and eos, action_mask over
     the tokens that were sampled (the eos only where the model drew it)."""
-    examples = [{"input_ids": p + c + [eos], "loss_mask": [0] * len(p) + [1] * (len(c) + 1)}
-                for p, c in zip(prompts, continuations, strict=True)]
+    examples = [
+        {"input_ids": p + c + [eos], "loss_mask": [0] * len(p) + [1] * (len(c) + 1)}
+        for p, c in zip(prompts, continuations, strict=True)
+    ]
     out = collate(examples, pad)
     action = out["loss_mask"].clone()
     for i, (p, c, s) in enumerate(zip(prompts, continuations, stopped, strict=True)):
@@ -56,7 +59,16 @@ def mixture_batch(ctx, batch, max_new_tokens: int, alpha: float, *, temperature:
     student = getattr(ctx.student, "module", ctx.student)
     prompts = prompts_of(batch)
     pad = pad_id(tok)
-    conts, stopped = sample(student, prompts, max_new_tokens=max_new_tokens, eos=tok.eos_token_id, pad=pad,
-                            temperature=temperature, top_p=top_p, teacher=ctx.teacher if alpha > 0 else None,
-                            alpha=alpha, generator=ctx.generator)
+    conts, stopped = sample(
+        student,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        eos=tok.eos_token_id,
+        pad=pad,
+        temperature=temperature,
+        top_p=top_p,
+        teacher=ctx.teacher if alpha > 0 else None,
+        alpha=alpha,
+        generator=ctx.generator,
+    )
     return as_batch(prompts, conts, stopped, tok.eos_token_id, pad, ctx.device)

@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from kdbench.distill import divergence, dpo, gkd, hidden, minillm, sft
-from kdbench.distill.trainer import StepFn
+from kdbench.errors import ConfigError
+from kdbench.training import StepFn
 
 
 @dataclass(frozen=True)
@@ -31,40 +32,85 @@ class Algorithm:
 
 
 def _div(name: str, summary: str) -> Algorithm:
-    return Algorithm(name, "divergence", summary, divergence.make_step(name), divergence.DivergenceConfig,
-                     white_box=True)
+    return Algorithm(
+        name, "divergence", summary, divergence.make_step(name), divergence.DivergenceConfig, white_box=True
+    )
 
 
 ALGORITHMS: dict[str, Algorithm] = {
-    "sft": Algorithm("sft", "supervised fine-tuning", "sequence-level KD: cross-entropy on the teacher's text",
-                     sft.sft_step, sft.SFTConfig, white_box=False),
+    "sft": Algorithm(
+        "sft",
+        "supervised fine-tuning",
+        "sequence-level KD: cross-entropy on the teacher's text",
+        sft.sft_step,
+        sft.SFTConfig,
+        white_box=False,
+    ),
     "fkl": _div("fkl", "forward KL(p||q) to the teacher's token distributions (word-level KD)"),
     "rkl": _div("rkl", "reverse KL(q||p): mode-seeking, on the teacher's text"),
-    "jsd": _div("jsd", "generalised Jensen-Shannon divergence, weight beta on the teacher (beta = 0: forward "
-                "KL, beta = 1: reverse KL, as TRL and GKD define the ends)"),
+    "jsd": _div(
+        "jsd",
+        "generalised Jensen-Shannon divergence, weight beta on the teacher (beta = 0: forward "
+        "KL, beta = 1: reverse KL, as TRL and GKD define the ends)",
+    ),
     "tvd": _div("tvd", "total variation distance between token distributions"),
     "skl": _div("skl", "DistiLLM skew KL(p || a p + (1-a) q)"),
     "srkl": _div("srkl", "DistiLLM skew reverse KL(q || a q + (1-a) p): the mixture leans on the teacher"),
-    "gkd": Algorithm("gkd", "divergence (on-policy)", "GKD: a fraction lambda of batches on the student's own samples",
-                     gkd.gkd_step, gkd.GKDConfig, white_box=True, teacher_model=True),
-    "minillm": Algorithm("minillm", "reinforcement learning", "MiniLLM: reverse KL by PPO-clipped policy gradient on "
-                         "teacher-mixed samples, plus the exact single-step KL (reference defaults)", minillm.minillm_step, minillm.MiniLLMConfig,
-                         white_box=True, teacher_model=True),
-    "dpo": Algorithm("dpo", "rank optimization", "DPO on pairs the teacher judged (its answer vs the student's)",
-                     dpo.dpo_step, dpo.DPOConfig, white_box=False, data="pairs", needs_methods=("feedback",),
-                     prepare=dpo.prepare),
-    "hidden": Algorithm("hidden", "feature", "projected hidden-state matching (MSE/cosine) beside a logit loss",
-                        hidden.hidden_step, hidden.HiddenConfig, white_box=True, teacher_model=True,
-                        make_extra=hidden.make_projections),
+    "gkd": Algorithm(
+        "gkd",
+        "divergence (on-policy)",
+        "GKD: a fraction lambda of batches on the student's own samples",
+        gkd.gkd_step,
+        gkd.GKDConfig,
+        white_box=True,
+        teacher_model=True,
+    ),
+    "minillm": Algorithm(
+        "minillm",
+        "reinforcement learning",
+        "MiniLLM: reverse KL by PPO-clipped policy gradient on "
+        "teacher-mixed samples, plus the exact single-step KL (reference defaults)",
+        minillm.minillm_step,
+        minillm.MiniLLMConfig,
+        white_box=True,
+        teacher_model=True,
+    ),
+    "dpo": Algorithm(
+        "dpo",
+        "rank optimization",
+        "DPO on pairs the teacher judged (its answer vs the student's)",
+        dpo.dpo_step,
+        dpo.DPOConfig,
+        white_box=False,
+        data="pairs",
+        needs_methods=("feedback",),
+        prepare=dpo.prepare,
+    ),
+    "hidden": Algorithm(
+        "hidden",
+        "feature",
+        "projected hidden-state matching (MSE/cosine) beside a logit loss",
+        hidden.hidden_step,
+        hidden.HiddenConfig,
+        white_box=True,
+        teacher_model=True,
+        make_extra=hidden.make_projections,
+    ),
 }
+
+
+def elicitation_methods(cfg) -> list[str]:
+    """The configured elicitation methods plus those the selected algorithms need (dpo needs feedback's pairs)."""
+    out = list(cfg.elicit.methods)
+    for a in cfg.distill.algorithms:
+        for m in ALGORITHMS[a].needs_methods if a in ALGORITHMS else ():
+            if m not in out:
+                out.append(m)
+    return out
 
 
 def hparams_for(name: str, overrides: dict | None) -> BaseModel:
     """The algorithm's typed hyperparameters: paper defaults updated by the run config."""
-    from pydantic import ValidationError
-
-    from kdbench.errors import ConfigError
-
     try:
         return ALGORITHMS[name].config.model_validate(overrides or {})
     except ValidationError as e:

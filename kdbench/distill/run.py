@@ -14,10 +14,11 @@ from pathlib import Path
 from kdbench.data import content_hash, read_done, tokenize_example, write_json
 from kdbench.dataset import DatasetInfo, load_examples
 from kdbench.distill.registry import ALGORITHMS, hparams_for
-from kdbench.distill.trainer import train
-from kdbench.errors import ConfigError, KdbenchError, did_you_mean
+from kdbench.errors import ConfigError, RuntimeFailure, UserError, did_you_mean
 from kdbench.locks import locked
-from kdbench.models.loading import identity, load_model
+from kdbench.models.loading import identity, load_model, load_tokenizer
+from kdbench.topk import TopKCache
+from kdbench.training import train
 
 
 @dataclass
@@ -39,8 +40,10 @@ class DistillResult:
 def check_algorithms(names: list[str]) -> None:
     for n in names:
         if n not in ALGORITHMS:
-            raise ConfigError(f"unknown algorithm {n!r}{did_you_mean(n, ALGORITHMS)}; available: "
-                              f"{', '.join(ALGORITHMS)} (see `kdbench algorithms`)")
+            raise ConfigError(
+                f"unknown algorithm {n!r}{did_you_mean(n, ALGORITHMS)}; available: "
+                f"{', '.join(ALGORITHMS)} (see `kdbench algorithms`)"
+            )
 
 
 def check_same_vocab(algorithm: str, teacher_tok, student_tok, teacher_ref: str, student_ref: str) -> None:
@@ -48,7 +51,7 @@ def check_same_vocab(algorithm: str, teacher_tok, student_tok, teacher_ref: str,
     if teacher_tok.get_vocab() == student_tok.get_vocab():
         return
     black = [n for n, a in ALGORITHMS.items() if not a.white_box]
-    raise KdbenchError(
+    raise UserError(
         f"algorithm {algorithm!r} compares token distributions, but the teacher {teacher_ref!r} "
         f"(vocabulary of {len(teacher_tok)} tokens) and the student {student_ref!r} "
         f"(vocabulary of {len(student_tok)} tokens) do not share a vocabulary. "
@@ -58,19 +61,41 @@ def check_same_vocab(algorithm: str, teacher_tok, student_tok, teacher_ref: str,
 
 def uses_topk(algorithm: str, manifest: dict, cfg) -> bool:
     algo = ALGORITHMS[algorithm]
-    return bool(algo.white_box and not algo.teacher_model and manifest.get("topk")
-                and cfg.distill.teacher_logits in ("auto", "topk"))
+    return bool(
+        algo.white_box
+        and not algo.teacher_model
+        and manifest.get("topk")
+        and cfg.distill.teacher_logits in ("auto", "topk")
+    )
 
 
 def distill_key(algorithm: str, seed: int, teacher_ref: str, student_ref: str, manifest: dict, cfg) -> str:
     hp = hparams_for(algorithm, cfg.distill.hparams.get(algorithm))
     topk = manifest["topk"]["k"] if uses_topk(algorithm, manifest, cfg) else None
-    return content_hash(algorithm, seed, identity(teacher_ref, cfg.models.revision), identity(student_ref),
-                        manifest["data_hash"], cfg.distill.train.model_dump(), hp.model_dump(), topk)
+    return content_hash(
+        algorithm,
+        seed,
+        identity(teacher_ref, cfg.models.revision),
+        identity(student_ref),
+        manifest["data_hash"],
+        cfg.distill.train.model_dump(),
+        hp.model_dump(),
+        topk,
+    )
 
 
-def distill(algorithm: str, seed: int, teacher_ref: str, student_ref: str, data: DatasetInfo, cfg, home: Path,
-            *, device: str = "cpu", log_fn=None) -> DistillResult:
+def distill(
+    algorithm: str,
+    seed: int,
+    teacher_ref: str,
+    student_ref: str,
+    data: DatasetInfo,
+    cfg,
+    home: Path,
+    *,
+    device: str = "cpu",
+    log_fn=None,
+) -> DistillResult:
     check_algorithms([algorithm])
     algo = ALGORITHMS[algorithm]
     hp = hparams_for(algorithm, cfg.distill.hparams.get(algorithm))
@@ -84,33 +109,43 @@ def distill(algorithm: str, seed: int, teacher_ref: str, student_ref: str, data:
 
 
 def _train(algorithm, algo, hp, seed, teacher_ref, student_ref, data, cfg, out: Path, device, log_fn) -> DistillResult:
-    student, tok = load_model(student_ref, dtype=cfg.models.dtype, device="cpu",
-                              trust_remote_code=cfg.models.trust_remote_code)
+    student, tok = load_model(
+        student_ref, dtype=cfg.models.dtype, device="cpu", trust_remote_code=cfg.models.trust_remote_code
+    )
     all_rows = load_examples(data)
-    rows = ([r for r in all_rows if r.get("chosen")] if algo.data == "pairs"  # rejected may be empty
-            else [r for r in all_rows if r.get("response")])
+    rows = (
+        [r for r in all_rows if r.get("chosen")]
+        if algo.data == "pairs"  # rejected may be empty
+        else [r for r in all_rows if r.get("response")]
+    )
     if not rows:
         need = f"pairs from the {', '.join(algo.needs_methods)} elicitation" if algo.data == "pairs" else "responses"
-        raise KdbenchError(f"algorithm {algorithm!r} needs {need}, but the dataset at {data.path} has none; "
-                           f"add the method with --methods")
+        raise UserError(
+            f"algorithm {algorithm!r} needs {need}, but the dataset at {data.path} has none; "
+            f"add the method with --methods"
+        )
     topk = None
     if uses_topk(algorithm, data.manifest, cfg):
-        from kdbench.elicit.feature import TopKCache
-
         topk = TopKCache(Path(data.manifest["topk"]["path"]))
     elif cfg.distill.teacher_logits == "topk" and algo.white_box:
-        raise KdbenchError(f"distill.teacher_logits: topk needs the feature method's cache (add --methods ...,feature)"
-                           f" and an algorithm that reads it (fkl, rkl, jsd, tvd, skl, srkl); {algorithm!r} does not")
+        raise UserError(
+            f"distill.teacher_logits: topk needs the feature method's cache (add --methods ...,feature)"
+            f" and an algorithm that reads it (fkl, rkl, jsd, tvd, skl, srkl); {algorithm!r} does not"
+        )
     teacher = None
     if algo.white_box:
-        from kdbench.models.loading import load_tokenizer
-
-        t_tok = load_tokenizer(teacher_ref, revision=cfg.models.revision,
-                               trust_remote_code=cfg.models.trust_remote_code)
+        t_tok = load_tokenizer(
+            teacher_ref, revision=cfg.models.revision, trust_remote_code=cfg.models.trust_remote_code
+        )
         check_same_vocab(algorithm, t_tok, tok, teacher_ref, student_ref)
         if topk is None:
-            teacher, _ = load_model(teacher_ref, revision=cfg.models.revision, dtype=cfg.models.dtype,
-                                    device="cpu", trust_remote_code=cfg.models.trust_remote_code)
+            teacher, _ = load_model(
+                teacher_ref,
+                revision=cfg.models.revision,
+                dtype=cfg.models.dtype,
+                device="cpu",
+                trust_remote_code=cfg.models.trust_remote_code,
+            )
     max_len = cfg.distill.train.max_length
     if algo.prepare is not None:
         examples = algo.prepare(rows, tok, max_len, student)
@@ -120,16 +155,39 @@ def _train(algorithm, algo, hp, seed, teacher_ref, student_ref, data, cfg, out: 
         attached = [topk.attach(r["id"], e) for r, e in zip(rows, examples, strict=True)]
         missing = sum(a is None for a in attached)
         if missing:
-            raise KdbenchError(f"the teacher top-k cache at {topk.path} does not cover {missing} training rows "
-                               "(tokenized differently?); delete that folder to rebuild it")
-        examples = attached
+            raise RuntimeFailure(
+                f"the teacher top-k cache at {topk.path} does not cover {missing} training rows "
+                "(tokenized differently?); delete that folder to rebuild it"
+            )
+        examples = [e for e in attached if e is not None]  # all of them
     extra = algo.make_extra(student, teacher, hp) if algo.make_extra else None
-    result = train(student, tok, examples, algo.step, cfg=cfg.distill.train, out_dir=out, seed=seed,
-                   teacher=teacher, hp=hp, device=device, log_fn=log_fn, extra=extra,
-                   desc=f"{data.manifest['pack']}: {algorithm} seed {seed}")
-    done = DistillResult(model_dir=str(result.model_dir), algorithm=algorithm, seed=seed, steps=result.steps,
-                         train_tokens=result.train_tokens, seconds=round(result.seconds, 2),
-                         tokens_per_s=round(result.tokens_per_s, 1), peak_mem_mb=round(result.peak_mem_mb, 1),
-                         final_loss=result.final_loss, resumed_from=result.resumed_from, hparams=hp.model_dump())
+    result = train(
+        student,
+        tok,
+        examples,
+        algo.step,
+        cfg=cfg.distill.train,
+        out_dir=out,
+        seed=seed,
+        teacher=teacher,
+        hp=hp,
+        device=device,
+        log_fn=log_fn,
+        extra=extra,
+        desc=f"{data.manifest['pack']}: {algorithm} seed {seed}",
+    )
+    done = DistillResult(
+        model_dir=str(result.model_dir),
+        algorithm=algorithm,
+        seed=seed,
+        steps=result.steps,
+        train_tokens=result.train_tokens,
+        seconds=round(result.seconds, 2),
+        tokens_per_s=round(result.tokens_per_s, 1),
+        peak_mem_mb=round(result.peak_mem_mb, 1),
+        final_loss=result.final_loss,
+        resumed_from=result.resumed_from,
+        hparams=hp.model_dump(),
+    )
     write_json(out / "DONE", asdict(done))
     return done

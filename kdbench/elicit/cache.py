@@ -12,6 +12,10 @@ import json
 import os
 from pathlib import Path
 
+from kdbench.log import get_logger
+
+log = get_logger(__name__)
+
 
 class GenerationCache:
     def __init__(self, path: Path):
@@ -21,15 +25,17 @@ class GenerationCache:
         self.skipped_lines = 0
         if self.path.exists():
             with self.path.open(encoding="utf-8", errors="replace") as f:
-                for lineno, line in enumerate(f, 1):
+                for _lineno, line in enumerate(f, 1):
                     try:
                         row = json.loads(line)
                         self._data[row["key"]] = row["output"]
                     except (json.JSONDecodeError, KeyError, TypeError):
                         self.skipped_lines += 1
             if self.skipped_lines:
-                print(f"[kdbench] warning: {self.path}: skipped {self.skipped_lines} unreadable line(s) "
-                      "(an interrupted write?); those requests will be generated again")
+                log.warning(
+                    f"{self.path}: skipped {self.skipped_lines} unreadable line(s) "
+                    "(an interrupted write?); those requests will be generated again"
+                )
                 self._rewrite()
 
     def _rewrite(self) -> None:
@@ -44,6 +50,9 @@ class GenerationCache:
 
     def __len__(self) -> int:
         return len(self._data)
+
+    def __getitem__(self, key: str) -> str:
+        return self._data[key]
 
     def get(self, key: str) -> str | None:
         return self._data.get(key)

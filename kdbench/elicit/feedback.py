@@ -26,14 +26,19 @@ import random
 from dataclasses import replace
 from pathlib import Path
 
-from kdbench.data import messages_for
-from kdbench.elicit.backends import Sampling
+from kdbench.backends import Sampling
+from kdbench.data import content_hash, messages_for, read_done, tokenize_example, write_json
 from kdbench.elicit.labeling import label_prompts, labeling_messages
-from kdbench.elicit.teacher import teacher_system
+from kdbench.elicit.teacher import CachedModel
+from kdbench.locks import locked
+from kdbench.models.loading import load_model, untrained
 from kdbench.packs.generators import verify
+from kdbench.training import sft_step, train
 
-PAIR_JUDGE = ("Question: {q}\nAnswer A: {a}\nAnswer B: {b}\n"
-              "Which answer is more correct and complete? Reply with one letter, A or B.")
+PAIR_JUDGE = (
+    "Question: {q}\nAnswer A: {a}\nAnswer B: {b}\n"
+    "Which answer is more correct and complete? Reply with one letter, A or B."
+)
 SINGLE_JUDGE = "Question: {q}\nAnswer: {a}\nIs this answer correct? Reply yes or no."
 
 
@@ -53,9 +58,11 @@ def _prompt_pairs(ctx, prompts, first, second) -> list[bool]:
     """True where the teacher prefers ``first``; the order shown is shuffled (seeded) against position bias."""
     rng = random.Random(f"judge:{ctx.pack.name}")
     flips = [rng.random() < 0.5 for _ in prompts]
-    system = teacher_system(ctx.pack, "feedback")
-    reqs = [messages_for(PAIR_JUDGE.format(q=q, a=b if f else a, b=a if f else b), system, wrap=False)
-            for q, a, b, f in zip(prompts, first, second, flips, strict=True)]
+    system = ctx.pack.teacher_system("feedback")
+    reqs = [
+        messages_for(PAIR_JUDGE.format(q=q, a=b if f else a, b=a if f else b), system, wrap=False)
+        for q, a, b, f in zip(prompts, first, second, flips, strict=True)
+    ]
     outs = ctx.teacher.generate("feedback-judge", reqs, Sampling(max_new_tokens=4))
     picks_a = [o.strip().upper().startswith("A") for o in outs]
     return [(not pa) if f else pa for pa, f in zip(picks_a, flips, strict=True)]
@@ -76,8 +83,12 @@ def feedback(ctx) -> list[dict]:
         for i, t, s in zip(contested, t_score, s_score, strict=True):
             teacher_wins[i] = t >= s
     elif contested:
-        wins = _prompt_pairs(ctx, [prompts[i] for i in contested], [teacher_ans[i] for i in contested],
-                             [student_ans[i] for i in contested])
+        wins = _prompt_pairs(
+            ctx,
+            [prompts[i] for i in contested],
+            [teacher_ans[i] for i in contested],
+            [student_ans[i] for i in contested],
+        )
         for i, w in zip(contested, wins, strict=True):
             teacher_wins[i] = w
     rows, same = [], 0
@@ -86,15 +97,38 @@ def feedback(ctx) -> list[dict]:
             same += 1
             continue
         chosen, rejected = (ta, sa) if tw else (sa, ta)
-        rows.append({"id": f"feedback-{s.id}", "method": "feedback", "topic": s.topic, "prompt": s.prompt,
-                     "chosen": chosen, "rejected": rejected})
+        rows.append(
+            {
+                "id": f"feedback-{s.id}",
+                "method": "feedback",
+                "topic": s.topic,
+                "prompt": s.prompt,
+                "chosen": chosen,
+                "rejected": rejected,
+            }
+        )
         if tw:
-            rows.append({"id": f"feedback-correction-{s.id}", "method": "feedback", "topic": s.topic,
-                         "prompt": s.prompt, "response": ta, "reference": s.reference, "check": s.check})
-    ctx.teacher.stats.setdefault("feedback", {}).update({
-        "judge": kind, "requests": len(seeds), "pairs": sum(1 for r in rows if "chosen" in r), "identical_or_empty": same,
-        "student_preferred": sum(1 for tw in teacher_wins if not tw),
-        "student_preferred_rate": sum(1 for tw in teacher_wins if not tw) / max(len(seeds), 1)})
+            rows.append(
+                {
+                    "id": f"feedback-correction-{s.id}",
+                    "method": "feedback",
+                    "topic": s.topic,
+                    "prompt": s.prompt,
+                    "response": ta,
+                    "reference": s.reference,
+                    "check": s.check,
+                }
+            )
+    ctx.teacher.stats.setdefault("feedback", {}).update(
+        {
+            "judge": kind,
+            "requests": len(seeds),
+            "pairs": sum(1 for r in rows if "chosen" in r),
+            "identical_or_empty": same,
+            "student_preferred": sum(1 for tw in teacher_wins if not tw),
+            "student_preferred_rate": sum(1 for tw in teacher_wins if not tw) / max(len(seeds), 1),
+        }
+    )
     return rows
 
 
@@ -102,12 +136,14 @@ def self_knowledge(ctx) -> list[dict]:
     e = ctx.cfg.elicit
     seeds = ctx.seeds
     sampler = _warm_student(ctx)
-    sampling = Sampling(max_new_tokens=ctx.sampling.max_new_tokens, temperature=e.self_knowledge_temperature,
-                        top_p=0.95, seed=7)
+    sampling = Sampling(
+        max_new_tokens=ctx.sampling.max_new_tokens, temperature=e.self_knowledge_temperature, top_p=0.95, seed=7
+    )
     owners, outs = [], []
     for k in range(e.self_knowledge_samples):  # sample k of every seed: its own sampling seed, its own cache key
-        outs += sampler.generate("self_knowledge", [messages_for(s.prompt) for s in seeds],
-                                 replace(sampling, seed=sampling.seed + k))
+        outs += sampler.generate(
+            "self_knowledge", [messages_for(s.prompt) for s in seeds], replace(sampling, seed=sampling.seed + k)
+        )
         owners += [(s, k) for s in seeds]
     kind = judge_kind(ctx)
     keep = [False] * len(outs)
@@ -126,10 +162,12 @@ def self_knowledge(ctx) -> list[dict]:
         for i, o, t in zip(rest, own, theirs, strict=True):
             keep[i] = t >= o - e.self_knowledge_margin
     elif rest:
-        system = teacher_system(ctx.pack, "feedback")
-        verdicts = ctx.teacher.generate("self_knowledge-judge", [
-            messages_for(SINGLE_JUDGE.format(q=owners[i][0].prompt, a=outs[i]), system, wrap=False) for i in rest],
-            Sampling(max_new_tokens=4))
+        system = ctx.pack.teacher_system("feedback")
+        verdicts = ctx.teacher.generate(
+            "self_knowledge-judge",
+            [messages_for(SINGLE_JUDGE.format(q=owners[i][0].prompt, a=outs[i]), system, wrap=False) for i in rest],
+            Sampling(max_new_tokens=4),
+        )
         for i, v in zip(rest, verdicts, strict=True):
             keep[i] = v.strip().lower().startswith("yes")
     rows, seen, same = [], set(), 0
@@ -137,24 +175,41 @@ def self_knowledge(ctx) -> list[dict]:
         if keep[i] and (s.id, outs[i].strip()) not in seen:
             seen.add((s.id, outs[i].strip()))
             same += s.id in teacher_says and outs[i].strip() == teacher_says[s.id].strip()
-            rows.append({"id": f"self_knowledge-{s.id}-{k}", "method": "self_knowledge", "topic": s.topic,
-                         "prompt": s.prompt, "response": outs[i], "reference": s.reference, "check": s.check})
+            rows.append(
+                {
+                    "id": f"self_knowledge-{s.id}-{k}",
+                    "method": "self_knowledge",
+                    "topic": s.topic,
+                    "prompt": s.prompt,
+                    "response": outs[i],
+                    "reference": s.reference,
+                    "check": s.check,
+                }
+            )
     passed = sum(keep)
-    ctx.teacher.stats.setdefault("self_knowledge", {}).update({
-        "judge": kind, "samples": len(outs), "passed": passed, "repeated_samples": passed - len(rows),
-        "kept": len(rows), "verified_by_reference": len(by_ref),
-        "kept_same_as_teacher": same if kind == "likelihood" else None,  # word for word the teacher's answer
-        "temperature": e.self_knowledge_temperature, "top_p": sampling.top_p,
-        "samples_per_seed": e.self_knowledge_samples,
-        "warmup_epochs": warmup_config(ctx.cfg, ctx.student.ref).epochs if sampler is not ctx.student else 0,
-        "sampler": sampler.ref, "filter_rate": 1 - passed / max(len(outs), 1)})
+    warmup = warmup_config(ctx.cfg, ctx.student.ref)  # what _warm_student trained the sampler with, if anything
+    ctx.teacher.stats.setdefault("self_knowledge", {}).update(
+        {
+            "judge": kind,
+            "samples": len(outs),
+            "passed": passed,
+            "repeated_samples": passed - len(rows),
+            "kept": len(rows),
+            "verified_by_reference": len(by_ref),
+            "kept_same_as_teacher": same if kind == "likelihood" else None,  # word for word the teacher's answer
+            "temperature": e.self_knowledge_temperature,
+            "top_p": sampling.top_p,
+            "samples_per_seed": e.self_knowledge_samples,
+            "warmup_epochs": warmup.epochs if warmup is not None else 0,
+            "sampler": sampler.ref,
+            "filter_rate": 1 - passed / max(len(outs), 1),
+        }
+    )
     return rows
 
 
 def warmup_config(cfg, student_ref: str):
     """The training config of the self-knowledge warm-up, or None when the student samples as it is."""
-    from kdbench.models.loading import untrained
-
     epochs = cfg.elicit.self_knowledge_warmup_epochs
     if epochs == "auto":
         epochs = cfg.distill.train.epochs if untrained(student_ref) else 0
@@ -165,13 +220,6 @@ def warmup_config(cfg, student_ref: str):
 
 def _warm_student(ctx):
     """The student after the warm-up's epochs of sft on the teacher's labels of the seeds."""
-    from kdbench.data import content_hash, read_done, tokenize_example, write_json
-    from kdbench.distill.sft import sft_step
-    from kdbench.distill.trainer import train
-    from kdbench.elicit.teacher import CachedModel
-    from kdbench.locks import locked
-    from kdbench.models.loading import load_model
-
     tc = warmup_config(ctx.cfg, ctx.student.ref)
     if tc is None:
         return ctx.student
@@ -182,10 +230,23 @@ def _warm_student(ctx):
     out = Path(ctx.home) / "students" / f"{ctx.pack.name}-self_knowledge-warmup-{key}"
     with locked(out):
         if read_done(out / "DONE") is None:
-            model, tok = load_model(ctx.student.ref, dtype=ctx.cfg.models.dtype, device="cpu",
-                                    trust_remote_code=ctx.cfg.models.trust_remote_code)
+            model, tok = load_model(
+                ctx.student.ref,
+                dtype=ctx.cfg.models.dtype,
+                device="cpu",
+                trust_remote_code=ctx.cfg.models.trust_remote_code,
+            )
             examples = [tokenize_example(tok, p, a, max_length=tc.max_length) for p, a in pairs]
-            res = train(model, tok, examples, sft_step, cfg=tc, out_dir=out, seed=0, device=ctx.student.device,
-                        desc=f"{ctx.pack.name}: self_knowledge warm-up")
+            res = train(
+                model,
+                tok,
+                examples,
+                sft_step,
+                cfg=tc,
+                out_dir=out,
+                seed=0,
+                device=ctx.student.device,
+                desc=f"{ctx.pack.name}: self_knowledge warm-up",
+            )
             write_json(out / "DONE", {"model_dir": str(res.model_dir), "steps": res.steps, "epochs": tc.epochs})
     return CachedModel(str(out / "model"), ctx.cfg, ctx.home, device=ctx.student.device, backend_name="hf")

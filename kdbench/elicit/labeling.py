@@ -4,13 +4,12 @@ optionally with a rationale (chain of thought) before the answer."""
 from __future__ import annotations
 
 from kdbench.data import messages_for
-from kdbench.elicit.teacher import teacher_system
 
 RATIONALE = "Think step by step, then give the final answer on a last line starting with 'Answer:'."
 
 
 def labeling_messages(ctx, prompts: list[str]) -> list[list[dict]]:
-    system = teacher_system(ctx.pack, "labeling")
+    system = ctx.pack.teacher_system("labeling")
     if ctx.cfg.elicit.rationale:
         system += "\n" + RATIONALE
     return [messages_for(p, system) for p in prompts]
@@ -26,6 +25,16 @@ def label(ctx) -> list[dict]:
     """One training row per seed: prompt -> the teacher's answer."""
     seeds = ctx.seeds
     outs = label_prompts(ctx, [s.prompt for s in seeds])
-    return [{"id": f"labeling-{s.id}", "method": "labeling", "topic": s.topic, "prompt": s.prompt,
-             "response": o, "seed_id": s.id, "reference": s.reference, "check": s.check}
-            for s, o in zip(seeds, outs, strict=True)]
+    return [
+        {
+            "id": f"labeling-{s.id}",
+            "method": "labeling",
+            "topic": s.topic,
+            "prompt": s.prompt,
+            "response": o,
+            "seed_id": s.id,
+            "reference": s.reference,
+            "check": s.check,
+        }
+        for s, o in zip(seeds, outs, strict=True)
+    ]

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import random
 
+from kdbench.backends import Sampling
 from kdbench.data import messages_for
-from kdbench.elicit.backends import Sampling
 from kdbench.elicit.labeling import label_prompts
-from kdbench.elicit.teacher import teacher_system
 
 
 def _clean(text: str) -> str:
     line = text.strip().split("\n")[0].strip()
     for prefix in ("question:", "new question:", "q:"):
         if line.lower().startswith(prefix):
-            line = line[len(prefix):].strip()
+            line = line[len(prefix) :].strip()
     return line[:300]
 
 
@@ -48,7 +47,7 @@ def _filter_and_label(ctx, method: str, drafts: list[tuple[str, str]]) -> list[d
     """drafts: (topic, raw teacher text) -> labeled rows; filter counts go to ctx.teacher.stats."""
     index = ctx.pack.eval_index()
     dedup = NearDuplicateFilter([s.prompt for s in ctx.pack.seeds], ctx.cfg.elicit.dedup_rouge)
-    counts = {"drafts": len(drafts), "empty": 0, "near_duplicate": 0, "leaked": 0}
+    counts: dict[str, float] = {"drafts": len(drafts), "empty": 0, "near_duplicate": 0, "leaked": 0}
     kept: list[tuple[str, str]] = []
     for topic, raw in drafts:
         text = _clean(raw)
@@ -65,22 +64,28 @@ def _filter_and_label(ctx, method: str, drafts: list[tuple[str, str]]) -> list[d
     counts["temperature"] = ctx.cfg.elicit.expansion_temperature
     ctx.teacher.stats.setdefault(method, {}).update(counts)
     answers = label_prompts(ctx, [t for _, t in kept], method=f"{method}-label")
-    return [{"id": f"{method}-{i:05d}", "method": method, "topic": topic, "prompt": text, "response": a}
-            for i, ((topic, text), a) in enumerate(zip(kept, answers, strict=True))]
+    return [
+        {"id": f"{method}-{i:05d}", "method": method, "topic": topic, "prompt": text, "response": a}
+        for i, ((topic, text), a) in enumerate(zip(kept, answers, strict=True))
+    ]
 
 
 def expand(ctx) -> list[dict]:
     e, pack = ctx.cfg.elicit, ctx.pack
     rng = random.Random(f"expansion:{pack.name}")
-    system = teacher_system(pack, "expansion").replace("{topic}", "the topic below")
+    system = pack.teacher_system("expansion").replace("{topic}", "the topic below")
     requests, topics = [], []
     for topic in pack.spec.topics:
         pool = [s.prompt for s in pack.seeds if s.topic == topic]
         for _ in range(e.expansion_per_topic if pool else 0):
             demos = rng.sample(pool, min(e.expansion_demos, len(pool)))
             instruction = pack.spec.teacher.instructions.get("expansion", "Write one new question about {topic}.")
-            text = (instruction.replace("{topic}", topic.replace("_", " ")) + "\nExamples:\n"
-                    + "\n".join(f"- {d}" for d in demos) + "\nNew question:")
+            text = (
+                instruction.replace("{topic}", topic.replace("_", " "))
+                + "\nExamples:\n"
+                + "\n".join(f"- {d}" for d in demos)
+                + "\nNew question:"
+            )
             requests.append(messages_for(text, system, wrap=False))
             topics.append(topic)
     sampling = Sampling(max_new_tokens=48, temperature=e.expansion_temperature, top_p=0.95, seed=0)
@@ -90,7 +95,7 @@ def expand(ctx) -> list[dict]:
 
 def curate(ctx) -> list[dict]:
     e, pack = ctx.cfg.elicit, ctx.pack
-    system = teacher_system(pack, "curation").replace("{topic}", "the topic below")
+    system = pack.teacher_system("curation").replace("{topic}", "the topic below")
     instruction = pack.spec.teacher.instructions.get("curation", "Write a question about {topic}.")
     rng = random.Random(f"curation:{pack.name}")
     requests, topics = [], []
@@ -102,8 +107,10 @@ def curate(ctx) -> list[dict]:
             topics.append(topic)
         docs = [k.answer for k in pack.knowledge if k.topic == topic]
         for doc in rng.sample(docs, min(e.curation_documents_per_topic, len(docs))):
-            text = (f"Domain: {pack.spec.description}\nDocument: {doc}\n{about}\n"
-                    "Write only a question this document answers.")
+            text = (
+                f"Domain: {pack.spec.description}\nDocument: {doc}\n{about}\n"
+                "Write only a question this document answers."
+            )
             requests.append(messages_for(text, system, wrap=False))
             topics.append(topic)
     sampling = Sampling(max_new_tokens=48, temperature=e.expansion_temperature, top_p=0.95, seed=1)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from kdbench.errors import KdbenchError
+from kdbench.errors import KdbenchError, UserError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
@@ -29,24 +29,35 @@ def load_tokenizer(ref: str, *, revision: str | None = None, trust_remote_code: 
     return tok
 
 
-def load_model(ref: str, *, revision: str | None = None, dtype: str = "float32", device: str = "cpu",
-               trust_remote_code: bool = False):
+def load_model(
+    ref: str,
+    *,
+    revision: str | None = None,
+    dtype: str = "float32",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+):
     """(model, tokenizer) through AutoModelForCausalLM.from_pretrained, as for any hub model."""
     from transformers import AutoModelForCausalLM
 
     tok = load_tokenizer(ref, revision=revision, trust_remote_code=trust_remote_code)
     try:
-        model = AutoModelForCausalLM.from_pretrained(ref, revision=revision, dtype=_DTYPES[dtype],
-                                                     trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            ref, revision=revision, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code
+        )
     except OSError as e:
         raise _not_found(ref, e) from None
-    return model.to(device), tok
+    # transformers declares .to through functools.wraps(nn.Module.to), which hides the bound self from pyright
+    return model.to(device), tok  # pyright: ignore[reportArgumentType]
 
 
 def _not_found(ref: str, e: Exception) -> KdbenchError:
-    hint = (" This machine is offline (HF_HUB_OFFLINE=1): use a local path, or the embedded default `tiny`."
-            if offline() or not Path(ref).exists() else "")
-    return KdbenchError(f"could not load model {ref!r}: {str(e).splitlines()[0]}.{hint}")
+    hint = (
+        " This machine is offline (HF_HUB_OFFLINE=1): use a local path, or the embedded default `tiny`."
+        if offline() or not Path(ref).exists()
+        else ""
+    )
+    return UserError(f"could not load model {ref!r}: {str(e).splitlines()[0]}.{hint}")
 
 
 def identity(ref: str, revision: str | None = None) -> dict:
@@ -68,7 +79,3 @@ def untrained(ref: str) -> bool:
     student; students kdbench trains are saved without a card)."""
     card = Path(ref) / "kdbench.json"
     return card.exists() and json.loads(card.read_text()).get("role") == "student"
-
-
-def vocab_of(tokenizer) -> dict[str, int]:
-    return tokenizer.get_vocab()

@@ -29,8 +29,8 @@ def left_pad(prompts: list[list[int]], pad: int, device) -> tuple[torch.Tensor, 
     ids = torch.full((len(prompts), width), pad, dtype=torch.long)
     attn = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        attn[i, width - len(p):] = 1
+        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        attn[i, width - len(p) :] = 1
     return ids.to(device), attn.to(device)
 
 
@@ -45,8 +45,13 @@ def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return kept / kept.sum(-1, keepdim=True)
 
 
-def next_token_probs(logits: torch.Tensor, temperature: float, top_p: float = 1.0,
-                     teacher_logits: torch.Tensor | None = None, alpha: float = 0.0) -> torch.Tensor:
+def next_token_probs(
+    logits: torch.Tensor,
+    temperature: float,
+    top_p: float = 1.0,
+    teacher_logits: torch.Tensor | None = None,
+    alpha: float = 0.0,
+) -> torch.Tensor:
     """The distribution a token is drawn from, in float32. logits [B,V] -> probs [B,V]."""
     q = torch.softmax(logits.float() / temperature, dim=-1)
     if teacher_logits is not None and alpha > 0:
@@ -67,9 +72,19 @@ def _with_cache(model, out) -> dict:
 
 
 @torch.no_grad()
-def sample(model, prompts: list[list[int]], *, max_new_tokens: int, eos: int | list[int], pad: int,
-           temperature: float = 1.0, top_p: float = 1.0, teacher=None, alpha: float = 0.0,
-           generator: torch.Generator | None = None) -> tuple[list[list[int]], list[bool]]:
+def sample(
+    model,
+    prompts: list[list[int]],
+    *,
+    max_new_tokens: int,
+    eos: int | list[int],
+    pad: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    teacher=None,
+    alpha: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> tuple[list[list[int]], list[bool]]:
     """Continue each prompt (token ids) until a stop token or ``max_new_tokens``.
 
     Returns (continuations without the stop token, whether each stopped on one).
@@ -108,8 +123,10 @@ def sample(model, prompts: list[list[int]], *, max_new_tokens: int, eos: int | l
             attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
             next_pos = next_pos + 1
             step_ids = nxt[:, None].to(device)
-            outs = [m(input_ids=step_ids, attention_mask=attn, position_ids=next_pos, use_cache=True,
-                      **_with_cache(m, o)) for m, o in zip(models, outs, strict=True)]
+            outs = [
+                m(input_ids=step_ids, attention_mask=attn, position_ids=next_pos, use_cache=True, **_with_cache(m, o))
+                for m, o in zip(models, outs, strict=True)
+            ]
     finally:
         for m, t in zip(models, was_training, strict=True):
             m.train(t)

@@ -11,15 +11,21 @@ Results are cached under ``<home>/models/<pack>-<hash>`` and reused.
 from __future__ import annotations
 
 import json
+import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from kdbench.config import TrainConfig
 from kdbench.data import QUESTION_TEMPLATE, content_hash, read_done, tokenize_example, write_json
 from kdbench.locks import locked
+from kdbench.log import get_logger
 from kdbench.packs.loader import DomainPack, iter_pack_texts
+from kdbench.training import sft_step, train
+
+log = get_logger(__name__)
 
 RECIPE_VERSION = 1  # bump when the recipe changes so caches rebuild
 SPECIAL = {"pad": "<pad>", "unk": "<unk>", "eos": "<|end|>"}
@@ -56,12 +62,21 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     specials = [SPECIAL["pad"], SPECIAL["unk"], SPECIAL["eos"], *ROLE_TOKENS]
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, min_frequency=2,
-                                  initial_alphabet=list(string.ascii_lowercase + string.digits + string.punctuation + "\n"),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        min_frequency=2,
+        initial_alphabet=list(string.ascii_lowercase + string.digits + string.punctuation + "\n"),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=SPECIAL["pad"], unk_token=SPECIAL["unk"],
-                                   eos_token=SPECIAL["eos"], additional_special_tokens=ROLE_TOKENS)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token=SPECIAL["pad"],
+        unk_token=SPECIAL["unk"],
+        eos_token=SPECIAL["eos"],
+        additional_special_tokens=ROLE_TOKENS,
+    )
     fast.chat_template = CHAT_TEMPLATE
     fast.model_max_length = 4096
     return fast
@@ -70,18 +85,27 @@ def train_tokenizer(texts: list[str], vocab_size: int):
 def _llama(tokenizer, spec, max_positions: int, seed: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=spec.hidden_size,
-                         intermediate_size=spec.intermediate_size, num_hidden_layers=spec.num_layers,
-                         num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_heads,
-                         max_position_embeddings=max_positions, tie_word_embeddings=True,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                         bos_token_id=None)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)
 
 
-_STOP = frozenset("""a an and are as at be by can for from has have how in is it its of on or that the
-their this to was what when which who why with does do under than then into not no may must""".split())
+_STOP = frozenset(
+    """a an and are as at be by can for from has have how in is it its of on or that the
+their this to was what when which who why with does do under than then into not no may must""".split()
+)
 
 
 def cue_prompts(question: str, answer: str, n: int, rng) -> list[str]:
@@ -93,8 +117,7 @@ def cue_prompts(question: str, answer: str, n: int, rng) -> list[str]:
     fact from whichever of its words a question uses: that is what makes the
     tiny teacher know its domain rather than its prompts.
     """
-    words = [w for w in (question + " " + answer).replace(",", " ").replace(".", " ").split()
-             if w.lower() not in _STOP]
+    words = [w for w in (question + " " + answer).replace(",", " ").replace(".", " ").split() if w.lower() not in _STOP]
     cues = []
     for _ in range(n):
         kept = [w for w in words if rng.random() < 0.5] or words[:3]
@@ -110,12 +133,8 @@ def teacher_examples(pack: DomainPack, tokenizer, max_length: int, cues: int = 4
     prompt (elicitation asks with it, evaluation without), and ``cues`` noisy
     cue prompts per fact (see cue_prompts). Evaluation items are never used.
     """
-    import random
-
-    from kdbench.elicit.teacher import teacher_system
-
     rng = random.Random(seed)
-    system = teacher_system(pack, "labeling")
+    system = pack.teacher_system("labeling")
     facts = {k.id: k.answer for k in pack.knowledge}
     plain = [(k.question, k.answer) for k in pack.knowledge]
     plain += [(c, k.answer) for k in pack.knowledge for c in cue_prompts(k.question, k.answer, cues, rng)]
@@ -141,34 +160,52 @@ def build_tiny_models(pack: DomainPack, tiny, home: Path, *, device: str = "cpu"
 
 
 def _build(pack: DomainPack, tiny, root: Path, key: str, device: str) -> TinyModels:
-    from kdbench.config import TrainConfig
-    from kdbench.distill.sft import sft_step
-    from kdbench.distill.trainer import train
-
     done = read_done(root / "DONE")
     if done is not None:
         return TinyModels(str(root / "teacher"), str(root / "student"), True, done)
     root.mkdir(parents=True, exist_ok=True)
     texts = list(iter_pack_texts(pack)) + [QUESTION_TEMPLATE.format(prompt=k.question) for k in pack.knowledge]
     tokenizer = train_tokenizer(texts, tiny.vocab_size)
-    print(f"[kdbench] {pack.name}: trained a tokenizer of {len(tokenizer)} tokens on {len(texts)} texts")
+    log.info(f"{pack.name}: trained a tokenizer of {len(tokenizer)} tokens on {len(texts)} texts")
 
     teacher = _llama(tokenizer, tiny.teacher, tiny.max_positions, tiny.seed)
     examples = teacher_examples(pack, tokenizer, tiny.max_positions, cues=tiny.teacher_cues, seed=tiny.seed)
-    cfg = TrainConfig(epochs=tiny.teacher_epochs, batch_size=tiny.teacher_batch_size, lr=tiny.teacher_lr,
-                      max_length=tiny.max_positions, save_every=0, warmup_ratio=0.05,
-                      weight_decay=tiny.teacher_weight_decay)
+    cfg = TrainConfig(
+        epochs=tiny.teacher_epochs,
+        batch_size=tiny.teacher_batch_size,
+        lr=tiny.teacher_lr,
+        max_length=tiny.max_positions,
+        save_every=0,
+        warmup_ratio=0.05,
+        weight_decay=tiny.teacher_weight_decay,
+    )
     work = root / "teacher-train"
-    result = train(teacher, tokenizer, examples, sft_step, cfg=cfg, out_dir=work, seed=tiny.seed,
-                   device=device, desc=f"{pack.name}: train tiny teacher")
+    result = train(
+        teacher,
+        tokenizer,
+        examples,
+        sft_step,
+        cfg=cfg,
+        out_dir=work,
+        seed=tiny.seed,
+        device=device,
+        desc=f"{pack.name}: train tiny teacher",
+    )
     teacher = type(teacher).from_pretrained(result.model_dir)
     student = _llama(tokenizer, tiny.student, tiny.max_positions, tiny.seed + 1)
 
     n_params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    info = {"pack": pack.name, "data_hash": pack.data_hash, "recipe": RECIPE_VERSION, "vocab": len(tokenizer),
-            "teacher_params": n_params(teacher), "student_params": n_params(student),
-            "teacher_final_loss": result.final_loss, "teacher_train_seconds": round(result.seconds, 1),
-            "teacher_examples": len(examples)}
+    info = {
+        "pack": pack.name,
+        "data_hash": pack.data_hash,
+        "recipe": RECIPE_VERSION,
+        "vocab": len(tokenizer),
+        "teacher_params": n_params(teacher),
+        "student_params": n_params(student),
+        "teacher_final_loss": result.final_loss,
+        "teacher_train_seconds": round(result.seconds, 1),
+        "teacher_examples": len(examples),
+    }
     _save(teacher, tokenizer, root / "teacher", {"fingerprint": f"{key}-teacher", "role": "teacher", **info})
     _save(student, tokenizer, root / "student", {"fingerprint": f"{key}-student", "role": "student", **info})
     shutil.rmtree(work, ignore_errors=True)

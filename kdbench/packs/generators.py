@@ -35,8 +35,14 @@ def _rows(name: str, count: int, seed: int, one: Callable[[random.Random], tuple
         if prompt in seen:  # small parameter spaces can repeat; keep items distinct
             continue
         seen.add(prompt)
-        rows.append({"id": f"gen-{name}-{seed}-{len(rows):04d}", "prompt": prompt,
-                     "reference": f"{answer:.4g}" if abs(answer) < 1e-3 else f"{answer:.2f}", "check": "numeric"})
+        rows.append(
+            {
+                "id": f"gen-{name}-{seed}-{len(rows):04d}",
+                "prompt": prompt,
+                "reference": f"{answer:.4g}" if abs(answer) < 1e-3 else f"{answer:.2f}",
+                "check": "numeric",
+            }
+        )
     return rows
 
 
@@ -50,8 +56,12 @@ def compound_interest(count: int, seed: int = 0) -> list[Row]:
         n = rng.randint(2, 15)
         k, label = rng.choice([(1, "annually"), (4, "quarterly"), (12, "monthly")])
         fv = p * (1 + r / 100 / k) ** (k * n)
-        return (f"You deposit ${_money(p)} at {r}% annual interest compounded {label}. "
-                f"What is the balance after {n} years, in dollars?", fv)
+        return (
+            f"You deposit ${_money(p)} at {r}% annual interest compounded {label}. "
+            f"What is the balance after {n} years, in dollars?",
+            fv,
+        )
+
     return _rows("compound_interest", count, seed, one)
 
 
@@ -62,8 +72,12 @@ def npv(count: int, seed: int = 0) -> list[Row]:
         r = rng.choice([4, 5, 6, 8, 10, 12])
         value = -c0 + sum(cf / (1 + r / 100) ** t for t, cf in enumerate(flows, 1))
         listed = ", ".join(f"${_money(cf)}" for cf in flows)
-        return (f"A project costs ${_money(c0)} today and returns {listed} at the end of years 1 to {len(flows)}. "
-                f"At a discount rate of {r}%, what is its net present value in dollars?", value)
+        return (
+            f"A project costs ${_money(c0)} today and returns {listed} at the end of years 1 to {len(flows)}. "
+            f"At a discount rate of {r}%, what is its net present value in dollars?",
+            value,
+        )
+
     return _rows("npv", count, seed, one)
 
 
@@ -72,23 +86,38 @@ def ratios(count: int, seed: int = 0) -> list[Row]:
         kind = rng.choice(["current", "debt_to_equity", "roe", "gross_margin", "pe"])
         a, b = rng.randrange(100, 10_001, 10), rng.randrange(100, 10_001, 10)
         if kind == "current":
-            return (f"A firm has current assets of ${_money(a)}k and current liabilities of ${_money(b)}k. "
-                    "What is its current ratio?", a / b)
+            return (
+                f"A firm has current assets of ${_money(a)}k and current liabilities of ${_money(b)}k. "
+                "What is its current ratio?",
+                a / b,
+            )
         if kind == "debt_to_equity":
-            return (f"A company has total debt of ${_money(a)}k and shareholders' equity of ${_money(b)}k. "
-                    "What is its debt-to-equity ratio?", a / b)
+            return (
+                f"A company has total debt of ${_money(a)}k and shareholders' equity of ${_money(b)}k. "
+                "What is its debt-to-equity ratio?",
+                a / b,
+            )
         if kind == "roe":
             ni = rng.randrange(10, 2_001, 5)
-            return (f"Net income is ${_money(ni)}k and average shareholders' equity is ${_money(b)}k. "
-                    "What is the return on equity, in percent?", 100 * ni / b)
+            return (
+                f"Net income is ${_money(ni)}k and average shareholders' equity is ${_money(b)}k. "
+                "What is the return on equity, in percent?",
+                100 * ni / b,
+            )
         if kind == "gross_margin":
             rev = max(a, b) + rng.randrange(10, 1_001, 10)
             cogs = min(a, b)
-            return (f"Revenue is ${_money(rev)}k and cost of goods sold is ${_money(cogs)}k. "
-                    "What is the gross margin, in percent?", 100 * (rev - cogs) / rev)
+            return (
+                f"Revenue is ${_money(rev)}k and cost of goods sold is ${_money(cogs)}k. "
+                "What is the gross margin, in percent?",
+                100 * (rev - cogs) / rev,
+            )
         price, eps = rng.randrange(5, 401), rng.choice([0.5, 1, 1.25, 2, 2.5, 3, 4, 5, 8])
-        return (f"A share trades at ${price} and earnings per share are ${eps}. "
-                "What is the price-to-earnings ratio?", price / eps)
+        return (
+            f"A share trades at ${price} and earnings per share are ${eps}. What is the price-to-earnings ratio?",
+            price / eps,
+        )
+
     return _rows("ratios", count, seed, one)
 
 
@@ -107,9 +136,23 @@ _CONVERSIONS = [  # (from, to, factor or function, range)
     ("atmospheres", "kilopascals", lambda x: x * 101.325, (1, 10)),
 ]
 
-_MOLAR = {"H2": 2.016, "O2": 31.998, "H2O": 18.015, "CO2": 44.009, "CH4": 16.043,
-          "NaCl": 58.44, "Na": 22.990, "Cl2": 70.90, "N2": 28.014, "NH3": 17.031,
-          "C": 12.011, "CaCO3": 100.086, "CaO": 56.077, "Fe": 55.845, "Fe2O3": 159.687}
+_MOLAR = {
+    "H2": 2.016,
+    "O2": 31.998,
+    "H2O": 18.015,
+    "CO2": 44.009,
+    "CH4": 16.043,
+    "NaCl": 58.44,
+    "Na": 22.990,
+    "Cl2": 70.90,
+    "N2": 28.014,
+    "NH3": 17.031,
+    "C": 12.011,
+    "CaCO3": 100.086,
+    "CaO": 56.077,
+    "Fe": 55.845,
+    "Fe2O3": 159.687,
+}
 # balanced reactions: (reactant, product, mol product per mol reactant, equation)
 _REACTIONS = [
     ("H2", "H2O", 1.0, "2 H2 + O2 -> 2 H2O"),
@@ -128,6 +171,7 @@ def unit_conversion(count: int, seed: int = 0) -> list[Row]:
         src, dst, f, (lo, hi) = rng.choice(_CONVERSIONS)
         x = rng.randint(lo, hi)
         return f"Convert {x} {src} to {dst}.", f(x)
+
     return _rows("unit_conversion", count, seed, one)
 
 
@@ -138,15 +182,24 @@ def kinematics(count: int, seed: int = 0) -> list[Row]:
         kind = rng.choice(["final_velocity", "distance", "fall_time"])
         if kind == "final_velocity":
             u, a, t = rng.randint(0, 30), rng.choice([0.5, 1, 1.5, 2, 2.5, 3, 4]), rng.randint(2, 20)
-            return (f"An object moving at {u} m/s accelerates uniformly at {a} m/s^2 for {t} s. "
-                    "What is its final speed in m/s?", u + a * t)
+            return (
+                f"An object moving at {u} m/s accelerates uniformly at {a} m/s^2 for {t} s. "
+                "What is its final speed in m/s?",
+                u + a * t,
+            )
         if kind == "distance":
             u, a, t = rng.randint(0, 20), rng.choice([0.5, 1, 2, 3]), rng.randint(2, 15)
-            return (f"A cart starts at {u} m/s and accelerates uniformly at {a} m/s^2. "
-                    f"How far does it travel in {t} s, in meters?", u * t + 0.5 * a * t * t)
+            return (
+                f"A cart starts at {u} m/s and accelerates uniformly at {a} m/s^2. "
+                f"How far does it travel in {t} s, in meters?",
+                u * t + 0.5 * a * t * t,
+            )
         h = rng.randint(2, 200)
-        return (f"Ignoring air resistance (g = 9.81 m/s^2), how many seconds does an object take "
-                f"to fall {h} m from rest?", (2 * h / g) ** 0.5)
+        return (
+            f"Ignoring air resistance (g = 9.81 m/s^2), how many seconds does an object take to fall {h} m from rest?",
+            (2 * h / g) ** 0.5,
+        )
+
     return _rows("kinematics", count, seed, one)
 
 
@@ -155,8 +208,12 @@ def stoichiometry(count: int, seed: int = 0) -> list[Row]:
         reactant, product, ratio, eq = rng.choice(_REACTIONS)
         grams = rng.randint(1, 200)
         out = grams / _MOLAR[reactant] * ratio * _MOLAR[product]
-        return (f"For the reaction {eq}, how many grams of {product} form from {grams} g of {reactant} "
-                "with the other reactants in excess?", out)
+        return (
+            f"For the reaction {eq}, how many grams of {product} form from {grams} g of {reactant} "
+            "with the other reactants in excess?",
+            out,
+        )
+
     return _rows("stoichiometry", count, seed, one)
 
 

@@ -15,9 +15,10 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from kdbench.errors import PackError, did_you_mean
 from kdbench.packs import decontam
@@ -96,6 +97,11 @@ class DomainPack:
     def task(self, name: str):
         return next(t for t in self.spec.eval.tasks if t.name == name)
 
+    def teacher_system(self, method: str) -> str:
+        """The pack's system prompt for the teacher, plus its instruction for ``method`` when it has one."""
+        instruction = self.spec.teacher.instructions.get(method, "").strip()
+        return self.spec.teacher.system_prompt.strip() + (f"\n{instruction}" if instruction else "")
+
     def counts(self) -> dict[str, int]:
         out = {"knowledge": len(self.knowledge), "seeds": len(self.seeds)}
         out.update({t: len(items) for t, items in self.eval_items.items()})
@@ -132,7 +138,11 @@ class _TolerantLoader(yaml.SafeLoader):
     """Reads lm-eval YAMLs: keeps ``!function x.y`` as the string 'x.y'."""
 
 
-_TolerantLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+def _function_as_string(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> str:
+    return loader.construct_scalar(node)
+
+
+_TolerantLoader.add_constructor("!function", _function_as_string)
 
 
 def _yaml_line(node: yaml.Node | None, loc: tuple) -> int | None:
@@ -145,8 +155,8 @@ def _yaml_line(node: yaml.Node | None, loc: tuple) -> int | None:
                 return line
             line, node = match[0].start_mark.line + 1, match[1]
         elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            node = node.value[key]
-            line = node.start_mark.line + 1
+            item: yaml.Node = node.value[key]
+            line, node = item.start_mark.line + 1, item
         else:
             return line
     return line
@@ -189,12 +199,18 @@ def _read_spec(root: Path, errors: _Errors) -> PackSpec | None:
             errors.add(path, f"line {line}: key {key}" if line else f"key {key}", msg)
         return None
     if spec.name != root.name:
-        errors.add(path, f"line {_yaml_line(node, ('name',))}: key name",
-                   f"name {spec.name!r} must equal the folder name {root.name!r}")
+        errors.add(
+            path,
+            f"line {_yaml_line(node, ('name',))}: key name",
+            f"name {spec.name!r} must equal the folder name {root.name!r}",
+        )
     return spec
 
 
-def _read_jsonl(path: Path, model: type[BaseModel], errors: _Errors, topics: list[str]) -> list:
+Item = TypeVar("Item", bound=KnowledgeItem | SeedItem | MCItem | QAItem)
+
+
+def _read_jsonl(path: Path, model: type[Item], errors: _Errors, topics: list[str]) -> list[Item]:
     items, first_line = [], {}
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -224,16 +240,21 @@ def _read_jsonl(path: Path, model: type[BaseModel], errors: _Errors, topics: lis
                 continue
             first_line[item.id] = lineno
             if item.topic not in topics:
-                errors.add(path, f"line {lineno}: key topic",
-                           f"{item.topic!r} is not one of the pack's topics{did_you_mean(item.topic, topics)} {topics}")
+                errors.add(
+                    path,
+                    f"line {lineno}: key topic",
+                    f"{item.topic!r} is not one of the pack's topics{did_you_mean(item.topic, topics)} {topics}",
+                )
             items.append(item)
     return items
 
 
-def _check_task_yaml(pack_root: Path, eval_dir: Path, task_name: str, errors: _Errors) -> None:
+def _check_task_yaml(eval_dir: Path, task_name: str, errors: _Errors) -> None:
     path = eval_dir / f"{task_name}.yaml"
     if not path.is_file():
-        errors.add(path, "", f"missing lm-eval task file for task {task_name!r}; `kdbench packs new` shows the template")
+        errors.add(
+            path, "", f"missing lm-eval task file for task {task_name!r}; `kdbench packs new` shows the template"
+        )
         return
     try:
         cfg = yaml.load(path.read_text(encoding="utf-8"), Loader=_TolerantLoader)  # noqa: S506 (safe subclass)
@@ -256,16 +277,22 @@ def _generated_seeds(spec: PackSpec, root: Path, errors: _Errors) -> list[SeedIt
     out = []
     for i, g in enumerate(spec.generators):
         if g.name not in GENERATORS:
-            errors.add(root / "pack.yaml", f"key generators.{i}.name",
-                       f"unknown generator {g.name!r}{did_you_mean(g.name, GENERATORS)}; known: {sorted(GENERATORS)}")
+            errors.add(
+                root / "pack.yaml",
+                f"key generators.{i}.name",
+                f"unknown generator {g.name!r}{did_you_mean(g.name, GENERATORS)}; known: {sorted(GENERATORS)}",
+            )
             continue
         gen = GENERATORS[g.name]
         topic = g.topic or gen.default_topic
         if topic not in spec.topics:
-            errors.add(root / "pack.yaml", f"key generators.{i}.topic",
-                       f"topic {topic!r} is not one of the pack's topics {spec.topics}; set `topic:` on the generator")
+            errors.add(
+                root / "pack.yaml",
+                f"key generators.{i}.topic",
+                f"topic {topic!r} is not one of the pack's topics {spec.topics}; set `topic:` on the generator",
+            )
             continue
-        out += [SeedItem(topic=topic, **row) for row in gen.make(count=g.count, seed=g.seed)]
+        out += [SeedItem.model_validate({"topic": topic, **row}) for row in gen.make(count=g.count, seed=g.seed)]
     return out
 
 
@@ -288,18 +315,21 @@ def load_pack(name_or_path: str | Path) -> DomainPack:
     for dup in sorted({n for n in names if names.count(n) > 1}):
         errors.add(root / "pack.yaml", "key eval.tasks", f"task name {dup!r} appears more than once")
     errors.raise_if_any()
+    # every path exists inside the pack from here on (_inside recorded an error for any that does not)
+    assert eval_dir is not None
+    paths = {key: path for key, path in files.items() if path is not None}
 
-    knowledge = _read_jsonl(files["files.knowledge"], KnowledgeItem, errors, spec.topics)
-    seeds = _read_jsonl(files["files.seeds"], SeedItem, errors, spec.topics)
+    knowledge = _read_jsonl(paths["files.knowledge"], KnowledgeItem, errors, spec.topics)
+    seeds = _read_jsonl(paths["files.seeds"], SeedItem, errors, spec.topics)
     eval_items = {
-        t.name: _read_jsonl(files[f"eval.tasks.{i}.data"], ITEM_MODELS[t.kind], errors, spec.topics)
+        t.name: _read_jsonl(paths[f"eval.tasks.{i}.data"], ITEM_MODELS[t.kind], errors, spec.topics)
         for i, t in enumerate(spec.eval.tasks)
     }
     for t in spec.eval.tasks:
-        _check_task_yaml(root, eval_dir, t.name, errors)
+        _check_task_yaml(eval_dir, t.name, errors)
     fact_ids = {k.id for k in knowledge}
-    for label, items, path in [("seeds", seeds, files["files.seeds"])] + [
-        (t.name, eval_items[t.name], files[f"eval.tasks.{i}.data"]) for i, t in enumerate(spec.eval.tasks)
+    for _label, items, path in [("seeds", seeds, paths["files.seeds"])] + [
+        (t.name, eval_items[t.name], paths[f"eval.tasks.{i}.data"]) for i, t in enumerate(spec.eval.tasks)
     ]:
         for it in items:
             if it.fact is not None and it.fact not in fact_ids:
@@ -307,15 +337,24 @@ def load_pack(name_or_path: str | Path) -> DomainPack:
     seeds += _generated_seeds(spec, root, errors)
     errors.raise_if_any()
 
-    train_files = [root / "pack.yaml", files["files.knowledge"], files["files.seeds"]]
-    pack = DomainPack(spec=spec, root=root, knowledge=knowledge, seeds=seeds, eval_items=eval_items,
-                      data_hash=_hash_files([root / "pack.yaml", *[p for p in files.values() if p]]),
-                      train_hash=_hash_files(train_files))
+    train_files = [root / "pack.yaml", paths["files.knowledge"], paths["files.seeds"]]
+    pack = DomainPack(
+        spec=spec,
+        root=root,
+        knowledge=knowledge,
+        seeds=seeds,
+        eval_items=eval_items,
+        data_hash=_hash_files([root / "pack.yaml", *paths.values()]),
+        train_hash=_hash_files(train_files),
+    )
     report = decontam.check(((s.id, s.prompt) for s in seeds), pack.eval_index())
     for seed_id, hit in report.hits.items():
-        errors.add(files["files.seeds"], f"id {seed_id}",
-                   f"shares an {report.n}-word run with eval item(s) {', '.join(hit[:3])}: "
-                   "an evaluation item leaks into the seeds; reword one of them")
+        errors.add(
+            paths["files.seeds"],
+            f"id {seed_id}",
+            f"shares an {report.n}-word run with eval item(s) {', '.join(hit[:3])}: "
+            "an evaluation item leaks into the seeds; reword one of them",
+        )
     errors.raise_if_any()
     return pack
 

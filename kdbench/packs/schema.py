@@ -12,7 +12,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ELICITATION_METHODS = ("labeling", "expansion", "curation", "feedback", "self_knowledge", "feature")
-TASK_KINDS = ("multiple_choice", "generation")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 

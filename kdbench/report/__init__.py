@@ -4,12 +4,16 @@ collect (MLflow -> DataFrame) -> leaderboard (per-pack tables, summary, win
 rates) -> plots (PNG) -> document (what the report says) -> markdown / html.
 """
 
+# pandas types df[mask], df[col] and .loc[...] as Series | ndarray | scalar unions, so these rules
+# report pandas idioms here, not bugs
+# pyright: reportAttributeAccessIssue=false, reportArgumentType=false
+
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from kdbench import tracking
+from kdbench import names, tracking
 from kdbench.report import document, html, markdown, plots
 from kdbench.report.collect import collect_runs, load_samples, read_client
 from kdbench.report.leaderboard import (
@@ -29,9 +33,15 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "report"
 
 
-def write_report(cfg, packs: list[str] | None = None, algorithms: list[str] | None = None,
-                 since: str | None = None, out_dir: str | Path | None = None, name: str | None = None,
-                 ui_url: str | None = None) -> dict[str, Path]:
+def write_report(
+    cfg,
+    packs: list[str] | None = None,
+    algorithms: list[str] | None = None,
+    since: str | None = None,
+    out_dir: str | Path | None = None,
+    name: str | None = None,
+    ui_url: str | None = None,
+) -> dict[str, Path]:
     """Write <out>/<name>.md, <name>.html, <name>-*.png and a CSV per pack; returns the paths.
 
     name defaults to the pack's name for one pack, else 'leaderboard'; ui_url is where the
@@ -46,34 +56,46 @@ def write_report(cfg, packs: list[str] | None = None, algorithms: list[str] | No
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     if not df.empty:
-        evals = df[df["role"].isin(["teacher", "student_before", "student_after"])]
-        pack_names = sorted(evals["pack"].dropna().unique())
-        tasks = {p: task_info(p, evals[evals["pack"] == p], where=cfg.pack) for p in pack_names}
+        evals = df[df[names.ROLE].isin(names.EVAL_ROLES)]
+        pack_names = sorted(evals[names.PACK].dropna().unique())
+        tasks = {p: task_info(p, evals[evals[names.PACK] == p], where=cfg.pack) for p in pack_names}
         boards = {p: leaderboard(evals, p, tasks[p]) for p in pack_names}
-        algos = sorted({r for b in boards.values() if not b.empty for r in b.loc[b["role"] == "student_after", "row"]})
+        algos = sorted(
+            {r for b in boards.values() if not b.empty for r in b.loc[b[names.ROLE] == names.ROLE_AFTER, "row"]}
+        )
         style = plots.styles(algos)
         columns = win_columns(boards, tasks)
         rates = win_rates(columns)
         summ = summary(boards, tasks)
         if not summ.empty:
             report.summary = document.summary_table(summ, rates, len(columns))
-            report.win_note = ("Mean win rate over the (pack, task) columns: " + "; ".join(columns) +
-                               ". Each pack column of the table shows its first task's headline metric.")
+            report.win_note = (
+                "Mean win rate over the (pack, task) columns: "
+                + "; ".join(columns)
+                + ". Each pack column of the table shows its first task's headline metric."
+            )
         gap_png = plots.gap_closed_bars(boards, tasks, style, out / f"{name}-gap-closed.png")
         if gap_png:
-            report.gap_figure = document.Figure(gap_png.name, "Gap closed per algorithm and pack, on each "
-                                                "pack's headline task (mean ± std over seeds; 100% = teacher).")
+            report.gap_figure = document.Figure(
+                gap_png.name,
+                "Gap closed per algorithm and pack, on each "
+                "pack's headline task (mean ± std over seeds; 100% = teacher).",
+            )
             paths["gap-closed.png"] = gap_png
         client = read_client(cfg)[0]
         for p in pack_names:
             board = boards[p]
-            section = document.build_pack(df, p, tasks[p], board, ui, lambda ids: load_samples(client, ids),
-                                          cfg.eval.samples_per_task)
+            section = document.build_pack(
+                df, p, tasks[p], board, ui, lambda ids: load_samples(client, ids), cfg.eval.samples_per_task
+            )
             if not board.empty:
                 png = plots.score_vs_cost(board, tasks[p], p, style, out / f"{name}-cost-{_slug(p)}.png")
                 if png:
-                    section.figure = document.Figure(png.name, f"{p}: headline score against training tokens "
-                                                     "and training wall time, one marker per algorithm.")
+                    section.figure = document.Figure(
+                        png.name,
+                        f"{p}: headline score against training tokens "
+                        "and training wall time, one marker per algorithm.",
+                    )
                     paths[f"cost-{p}.png"] = png
                 csv = out / (f"{_slug(p)}.csv" if _slug(p) == name else f"{name}-{_slug(p)}.csv")
                 paths[f"{p}.csv"] = write_csv(board, csv)

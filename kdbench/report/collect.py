@@ -5,6 +5,10 @@ the tracking store (and the packs that have some), a ``since`` that is not a
 date, a tracking URI that cannot be reached.
 """
 
+# pandas types df[mask], df[col] and .loc[...] as Series | ndarray | scalar unions, so these rules
+# report pandas idioms here, not bugs
+# pyright: reportAttributeAccessIssue=false, reportReturnType=false
+
 from __future__ import annotations
 
 import json
@@ -12,15 +16,20 @@ import os
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from kdbench import tracking
-from kdbench.errors import KdbenchError, did_you_mean
+from kdbench import names, tracking
+from kdbench.errors import RuntimeFailure, UserError, did_you_mean
+
+if TYPE_CHECKING:  # mlflow is imported when a report is made, not with this module
+    from mlflow.entities import Experiment
+    from mlflow.tracking import MlflowClient
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in reports
 
-ROLES = ("teacher", "student_before", "student_after", "elicitation")
+ROLES = names.ROLES
 
 
 def parse_since(since: str | None) -> datetime | None:
@@ -30,8 +39,9 @@ def parse_since(since: str | None) -> datetime | None:
     try:
         t = datetime.fromisoformat(since.strip())
     except ValueError:
-        raise KdbenchError(f"--since {since!r} is not a date; use ISO format, e.g. 2026-11-01 or "
-                           "2026-11-01T14:30") from None
+        raise UserError(
+            f"--since {since!r} is not a date; use ISO format, e.g. 2026-11-01 or 2026-11-01T14:30"
+        ) from None
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
@@ -43,26 +53,31 @@ def read_client(cfg):
     if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
         if not db.is_file():
-            raise KdbenchError(f"no MLflow database at {db} (tracking URI {uri}); run `kdbench run <pack>` "
-                               "first, or point --home or --tracking-uri at the store that holds the runs")
+            raise UserError(
+                f"no MLflow database at {db} (tracking URI {uri}); run `kdbench run <pack>` "
+                "first, or point --home or --tracking-uri at the store that holds the runs"
+            )
     return MlflowClient(tracking_uri=uri), uri
 
 
-def pack_experiments(cfg) -> tuple[object, str, dict[str, object]]:
+def pack_experiments(cfg) -> tuple[MlflowClient, str, dict[str, Experiment]]:
     """(client, uri, {pack: experiment}) for every kdbench experiment in the tracking store."""
     c, uri = read_client(cfg)
     prefix = f"{cfg.tracking.experiment_prefix}-"
     try:
         exps = c.search_experiments(max_results=1000)
     except Exception as e:  # noqa: BLE001  (MlflowException, requests' ConnectionError, sqlite errors, ...)
-        raise KdbenchError(f"cannot read the MLflow tracking store at {uri}: {type(e).__name__}: "
-                           f"{str(e).splitlines()[0] if str(e) else ''}\nIs the server running and the URI "
-                           "right? (--tracking-uri, $MLFLOW_TRACKING_URI, or --home for the local SQLite file)") from None
+        raise RuntimeFailure(
+            f"cannot read the MLflow tracking store at {uri}: {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}\nIs the server running and the URI "
+            "right? (--tracking-uri, $MLFLOW_TRACKING_URI, or --home for the local SQLite file)"
+        ) from None
     return c, uri, {e.name.removeprefix(prefix): e for e in exps if e.name.startswith(prefix)}
 
 
-def collect_runs(cfg, packs: list[str] | None = None, algorithms: list[str] | None = None,
-                 since: str | None = None) -> pd.DataFrame:
+def collect_runs(
+    cfg, packs: list[str] | None = None, algorithms: list[str] | None = None, since: str | None = None
+) -> pd.DataFrame:
     """Finished kdbench runs of the given packs (default: every kdbench experiment).
 
     Columns: run_id, experiment_id, status, start_time, end_time, run_name, the
@@ -75,8 +90,10 @@ def collect_runs(cfg, packs: list[str] | None = None, algorithms: list[str] | No
     for p in packs or []:
         if p not in found:
             have = ", ".join(sorted(found)) or "none"
-            raise KdbenchError(f"unknown pack {p!r} in --pack{did_you_mean(p, found)}: the tracking store {uri} "
-                               f"has runs of these packs: {have}")
+            raise UserError(
+                f"unknown pack {p!r} in --pack{did_you_mean(p, found)}: the tracking store {uri} "
+                f"has runs of these packs: {have}"
+            )
     exps = [found[p] for p in (packs or sorted(found))]
     if not exps:
         return pd.DataFrame()
@@ -85,33 +102,40 @@ def collect_runs(cfg, packs: list[str] | None = None, algorithms: list[str] | No
         filters.append(f"attributes.start_time >= {int(t_since.timestamp() * 1000)}")
     runs, token = [], None
     while True:
-        page = c.search_runs([e.experiment_id for e in exps], filter_string=" and ".join(filters),
-                             max_results=1000, page_token=token)
+        page = c.search_runs(
+            [e.experiment_id for e in exps], filter_string=" and ".join(filters), max_results=1000, page_token=token
+        )
         runs += list(page)
         token = page.token
         if not token:
             break
     rows = []
     for r in runs:
-        row = {"run_id": r.info.run_id, "experiment_id": r.info.experiment_id, "status": r.info.status,
-               "start_time": pd.Timestamp(r.info.start_time, unit="ms", tz="UTC"),
-               "end_time": pd.Timestamp(r.info.end_time, unit="ms", tz="UTC") if r.info.end_time else None,
-               "run_name": r.info.run_name}
+        row = {
+            "run_id": r.info.run_id,
+            "experiment_id": r.info.experiment_id,
+            "status": r.info.status,
+            "start_time": pd.Timestamp(r.info.start_time, unit="ms", tz="UTC"),
+            "end_time": pd.Timestamp(r.info.end_time, unit="ms", tz="UTC") if r.info.end_time else None,
+            "run_name": r.info.run_name,
+        }
         row.update({k.removeprefix("kdbench."): v for k, v in r.data.tags.items() if k.startswith("kdbench.")})
         row.update({f"m:{k}": v for k, v in r.data.metrics.items()})
         row.update({f"p:{k}": v for k, v in r.data.params.items()})
         rows.append(row)
     df = pd.DataFrame(rows)
-    if df.empty or "role" not in df:
+    if df.empty or names.ROLE not in df:
         return pd.DataFrame()
-    df = df[df["role"].isin(ROLES)]
+    df = df[df[names.ROLE].isin(ROLES)]
     if algorithms:
-        have = set(df["algorithm"].dropna()) if "algorithm" in df else set()
+        have = set(df[names.ALGORITHM].dropna()) if names.ALGORITHM in df else set()
         missing = [a for a in algorithms if a not in have]
         if missing:
-            raise KdbenchError(f"no finished runs of algorithm(s) {', '.join(missing)} in the selected packs "
-                               f"({', '.join(e.name for e in exps)}); algorithms found: {', '.join(sorted(have)) or 'none'}")
-        df = df[(df["role"] != "student_after") | df["algorithm"].isin(algorithms)]
+            raise UserError(
+                f"no finished runs of algorithm(s) {', '.join(missing)} in the selected packs "
+                f"({', '.join(e.name for e in exps)}); algorithms found: {', '.join(sorted(have)) or 'none'}"
+            )
+        df = df[(df[names.ROLE] != names.ROLE_AFTER) | df[names.ALGORITHM].isin(algorithms)]
     return df.reset_index(drop=True)
 
 

@@ -5,17 +5,22 @@ markdown.py and the HTML template only decide how it looks. Every text here is r
 renderer escapes it for its own format, so model text never becomes markup.
 """
 
+# pandas types df[mask], df[col] and .loc[...] as Series | ndarray | scalar unions, so these rules
+# report pandas idioms here, not bugs
+# pyright: reportAttributeAccessIssue=false, reportArgumentType=false, reportCallIssue=false, reportGeneralTypeIssues=false, reportOperatorIssue=false, reportReturnType=false
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlparse
 
 import pandas as pd
 
-from kdbench import tracking
-from kdbench.errors import KdbenchError
+from kdbench import names, tracking
+from kdbench.errors import UserError
 from kdbench.report.leaderboard import TaskInfo, latest, short_ref, teacher_ahead
 
 DEFAULT_UI = "http://127.0.0.1:5000"  # what `mlflow ui` serves
@@ -41,7 +46,7 @@ class Table:
     def full_head(self) -> list[str]:
         """Each column's header with its group's label in front (for one-row headers)."""
         labels = [g for g, span in self.groups for _ in range(span)]
-        return [f"{g} {h}".strip() for g, h in zip(labels, self.head)] if labels else list(self.head)
+        return [f"{g} {h}".strip() for g, h in zip(labels, self.head, strict=False)] if labels else list(self.head)
 
 
 @dataclass
@@ -99,6 +104,7 @@ class Report:
 
 # ---------------------------------------------------------------- numbers as text
 
+
 def _nan(x) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
@@ -133,20 +139,21 @@ def ui_base(uri: str, ui_url: str | None) -> str:
     if uri.startswith(("http://", "https://")):
         return uri.rstrip("/")
     if ui_url and not ui_url.startswith(("http://", "https://")):
-        raise KdbenchError(f"--mlflow-ui-url {ui_url!r}: expected an http(s) URL such as {DEFAULT_UI}")
+        raise UserError(f"--mlflow-ui-url {ui_url!r}: expected an http(s) URL such as {DEFAULT_UI}")
     return (ui_url or DEFAULT_UI).rstrip("/")
 
 
 def model_label(row) -> str:
-    return {"teacher": "teacher", "student_before": "student (before)"}.get(row["role"], str(row["row"]))
+    return {names.ROLE_TEACHER: "teacher", names.ROLE_BEFORE: "student (before)"}.get(row[names.ROLE], str(row["row"]))
 
 
 # ---------------------------------------------------------------- tables of one setting
 
+
 def _best(board: pd.DataFrame, col: str, higher: bool) -> set:
     """Index of the distilled students holding the best value of a column (all of them on a tie),
     or none when fewer than two compete or they all tie."""
-    s = pd.to_numeric(board.loc[board["role"] == "student_after", col], errors="coerce").dropna()
+    s = pd.to_numeric(board.loc[board[names.ROLE] == names.ROLE_AFTER, col], errors="coerce").dropna()
     if len(s) < 2 or math.isclose(s.max(), s.min(), rel_tol=1e-12, abs_tol=1e-12):
         return set()
     target = s.max() if higher else s.min()
@@ -154,10 +161,10 @@ def _best(board: pd.DataFrame, col: str, higher: bool) -> set:
 
 
 def _kind(role: str) -> str:
-    return {"teacher": "teacher", "student_before": "before", "student_after": "student"}.get(role, "other")
+    return {names.ROLE_TEACHER: "teacher", names.ROLE_BEFORE: "before", names.ROLE_AFTER: "student"}.get(role, "other")
 
 
-def _table(board: pd.DataFrame, head: list[str], columns: list[tuple[str, bool, object]]) -> Table:
+def _table(board: pd.DataFrame, head: list[str], columns: list[tuple[str, bool, Callable[[pd.Series], str]]]) -> Table:
     """columns: (board column for 'best', higher is better, row -> text)."""
     best = {col: _best(board, col, higher) for col, higher, _ in columns if col}
     t = Table(["model", *head])
@@ -167,14 +174,16 @@ def _table(board: pd.DataFrame, head: list[str], columns: list[tuple[str, bool, 
             text = fmt(r)
             cells.append(Cell(text, best=bool(col) and idx in best[col] and text != "–"))
         t.rows.append(cells)
-        t.kinds.append(_kind(r["role"]))
+        t.kinds.append(_kind(r[names.ROLE]))
     return t
 
 
 def scores_table(board: pd.DataFrame, tasks: list[TaskInfo]) -> Table:
     head = [f"{t.name} {t.metric} (%)" for t in tasks]
-    cols = [(f"{t.name}.mean", True, lambda r, t=t: score(r[f"{t.name}.mean"], r[f"{t.name}.std"], r[f"{t.name}.n"]))
-            for t in tasks]
+    cols = [
+        (f"{t.name}.mean", True, lambda r, t=t: score(r[f"{t.name}.mean"], r[f"{t.name}.std"], r[f"{t.name}.n"]))
+        for t in tasks
+    ]
     return _table(board, head, cols)
 
 
@@ -185,23 +194,39 @@ def gaps_table(board: pd.DataFrame, tasks: list[TaskInfo]) -> tuple[Table, list[
     for t in tasks:
         ahead = teacher_ahead(board, t)
         if not ahead:
-            notes.append(f"On {t.name} the teacher does not score above the student before, so gap closed "
-                         "(and its sign) says nothing about progress there.")
-        for g, label, higher in [("gap", "gap (pts)", False), ("gap_closed", "gap closed (%)", True),
-                                 ("retention", "retention (%)", True), ("chance_norm", "chance-norm. (%)", True)]:
+            notes.append(
+                f"On {t.name} the teacher does not score above the student before, so gap closed "
+                "(and its sign) says nothing about progress there."
+            )
+        for g, label, higher in [
+            (names.GAP, "gap (pts)", False),
+            (names.GAP_CLOSED, "gap closed (%)", True),
+            (names.RETENTION, "retention (%)", True),
+            (names.CHANCE_NORM, "chance-norm. (%)", True),
+        ]:
             head.append(label)
-            cols.append((f"{t.name}.{g}" if ahead or g != "gap_closed" else "", higher,
-                         lambda r, k=f"{t.name}.{g}": pct(r[k], r[f"{k}_std"], r["seeds"])))
+            cols.append(
+                (
+                    f"{t.name}.{g}" if ahead or g != names.GAP_CLOSED else "",
+                    higher,
+                    lambda r, k=f"{t.name}.{g}": pct(r[k], r[f"{k}_std"], r["seeds"]),
+                )
+            )
     table = _table(board, head, cols)
     table.groups = [("", 1)] + [(f"{t.name} {t.metric}", 4) for t in tasks]
     return table, notes
 
 
 COST_COLUMNS = [  # (metric, header, lower is better, unit)
-    ("cost.teacher_tokens", "teacher tokens", True, ""), ("cost.train_tokens", "train tokens", True, ""),
-    ("cost.train_seconds", "train wall (s)", True, "s"), ("cost.cpu_seconds", "CPU (s)", True, "s"),
-    ("cost.gpu_seconds", "GPU (s)", True, "s"), ("cost.peak_mem_mb", "peak mem (MB)", True, ""),
-    ("cost.tokens_per_s", "train tokens/s", False, ""), ("cost.eval_seconds", "eval (s)", True, "s")]
+    (names.COST_TEACHER_TOKENS, "teacher tokens", True, ""),
+    (names.COST_TRAIN_TOKENS, "train tokens", True, ""),
+    (names.COST_TRAIN_SECONDS, "train wall (s)", True, "s"),
+    (names.COST_CPU_SECONDS, "CPU (s)", True, "s"),
+    (names.COST_GPU_SECONDS, "GPU (s)", True, "s"),
+    (names.COST_PEAK_MEM_MB, "peak mem (MB)", True, ""),
+    (names.COST_TOKENS_PER_S, "train tokens/s", False, ""),
+    (names.COST_EVAL_SECONDS, "eval (s)", True, "s"),
+]
 
 
 def costs_table(board: pd.DataFrame) -> Table:
@@ -210,6 +235,7 @@ def costs_table(board: pd.DataFrame) -> Table:
 
 
 # ---------------------------------------------------------------- provenance and samples
+
 
 def _text(x) -> str:
     return "–" if x is None or _nan(x) or x == "" else str(x)
@@ -222,25 +248,37 @@ def _values(runs: pd.DataFrame, col: str) -> str:
 
 def provenance(runs: pd.DataFrame, teacher: str, student: str, ui: str) -> list[tuple[str, Cell]]:
     exp = runs["experiment_id"].iloc[0]
-    return [("teacher", Cell(teacher, code=True)), ("student", Cell(student, code=True)),
-            ("pack version", Cell(_values(runs, "pack_version"))),
-            ("pack data hash", Cell(_values(runs, "pack_data_hash"), code=True)),
-            ("training data hash", Cell(_values(runs, "data_hash"), code=True)),
-            ("code version", Cell(_values(runs, "code_version"), code=True)),
-            ("MLflow experiment", Cell(f"experiment {exp}", href=f"{ui}/#/experiments/{exp}"))]
+    return [
+        ("teacher", Cell(teacher, code=True)),
+        ("student", Cell(student, code=True)),
+        ("pack version", Cell(_values(runs, "pack_version"))),
+        ("pack data hash", Cell(_values(runs, "pack_data_hash"), code=True)),
+        ("training data hash", Cell(_values(runs, "data_hash"), code=True)),
+        ("code version", Cell(_values(runs, "code_version"), code=True)),
+        ("MLflow experiment", Cell(f"experiment {exp}", href=f"{ui}/#/experiments/{exp}")),
+    ]
 
 
 def runs_table(runs: pd.DataFrame, ui: str) -> Table:
     t = Table(["model", "seed", "MLflow run", "started (UTC)", "code version"], left=5)
-    order = {"teacher": 0, "student_before": 1, "elicitation": 2, "student_after": 3}
-    runs = runs.assign(_o=runs["role"].map(order), _a=runs.get("algorithm", ""), _s=runs.get("seed", ""))
+    order = {names.ROLE_TEACHER: 0, names.ROLE_BEFORE: 1, names.ROLE_ELICITATION: 2, names.ROLE_AFTER: 3}
+    runs = runs.assign(_o=runs[names.ROLE].map(order), _a=runs.get("algorithm", ""), _s=runs.get("seed", ""))
     for _, r in runs.sort_values(["_o", "_a", "_s"], kind="stable").iterrows():
-        label = "elicitation (teacher data)" if r["role"] == "elicitation" else model_label(
-            {"role": r["role"], "row": r.get("algorithm", "")})
-        t.rows.append([Cell(label), Cell(_text(r.get("seed"))),
-                       Cell(r["run_id"], href=run_link(ui, r["experiment_id"], r["run_id"]), code=True),
-                       Cell(f"{r['start_time']:%Y-%m-%d %H:%M}"), Cell(_text(r.get("code_version")), code=True)])
-        t.kinds.append(_kind(r["role"]) if r["role"] != "elicitation" else "other")
+        label = (
+            "elicitation (teacher data)"
+            if r[names.ROLE] == names.ROLE_ELICITATION
+            else model_label({names.ROLE: r[names.ROLE], "row": r.get(names.ALGORITHM, "")})
+        )
+        t.rows.append(
+            [
+                Cell(label),
+                Cell(_text(r.get("seed"))),
+                Cell(r["run_id"], href=run_link(ui, r["experiment_id"], r["run_id"]), code=True),
+                Cell(f"{r['start_time']:%Y-%m-%d %H:%M}"),
+                Cell(_text(r.get("code_version")), code=True),
+            ]
+        )
+        t.kinds.append(_kind(r[names.ROLE]) if r[names.ROLE] != names.ROLE_ELICITATION else "other")
     return t
 
 
@@ -258,8 +296,9 @@ def _sample_score(item: dict) -> str:
     return ", ".join(parts)
 
 
-def samples_for(tasks: list[TaskInfo], sources: list[tuple[str, str]], samples: dict[str, dict],
-                per_task: int) -> list[Sample]:
+def samples_for(
+    tasks: list[TaskInfo], sources: list[tuple[str, str]], samples: dict[str, dict], per_task: int
+) -> list[Sample]:
     """The first ``per_task`` items (by doc_id) of each generation task, one row per model.
 
     sources: [(model label, run id)] in the order the rows appear."""
@@ -272,10 +311,16 @@ def samples_for(tasks: list[TaskInfo], sources: list[tuple[str, str]], samples: 
             rows = []
             for label, _ in sources:
                 item = by_model[label].get(d)
-                rows.append([label, _cut(item.get("prediction")) if item else "(no sample logged)",
-                             _sample_score(item) if item else ""])
-            out.append(Sample(t.name, str(first.get("id") or d), _cut(first.get("question")),
-                              _cut(first.get("target")), rows))
+                rows.append(
+                    [
+                        label,
+                        _cut(item.get("prediction")) if item else "(no sample logged)",
+                        _sample_score(item) if item else "",
+                    ]
+                )
+            out.append(
+                Sample(t.name, str(first.get("id") or d), _cut(first.get("question")), _cut(first.get("target")), rows)
+            )
     return out
 
 
@@ -286,8 +331,8 @@ def sample_sources(runs: pd.DataFrame, board: pd.DataFrame) -> list[tuple[str, s
         ids = runs[runs["run_id"].isin(r["run_ids"])]
         if ids.empty:
             continue
-        if r["role"] == "student_after":
-            ids = ids.assign(_seed=pd.to_numeric(ids["seed"], errors="coerce")).sort_values("_seed")
+        if r[names.ROLE] == names.ROLE_AFTER:
+            ids = ids.assign(_seed=pd.to_numeric(ids[names.SEED], errors="coerce")).sort_values("_seed")
             out.append((f"{r['row']} (seed {ids['seed'].iloc[0]})", ids["run_id"].iloc[0]))
         else:
             out.append((model_label(r), ids.sort_values("start_time")["run_id"].iloc[-1]))
@@ -296,12 +341,13 @@ def sample_sources(runs: pd.DataFrame, board: pd.DataFrame) -> list[tuple[str, s
 
 # ---------------------------------------------------------------- one pack, the whole report
 
+
 def setting_runs(df: pd.DataFrame, pack: str, setting: pd.DataFrame) -> pd.DataFrame:
     """The runs behind a setting's rows, plus the elicitation runs its students name."""
     ids = [rid for ids in setting["run_ids"] for rid in ids]
     runs = df[df["run_id"].isin(ids)]
     elicit = set(runs["elicitation_run"].dropna()) if "elicitation_run" in runs else set()
-    extra = df[(df["pack"] == pack) & (df["role"] == "elicitation") & df["run_id"].isin(elicit)]
+    extra = df[(df[names.PACK] == pack) & (df[names.ROLE] == names.ROLE_ELICITATION) & df["run_id"].isin(elicit)]
     return pd.concat([runs, latest(extra)]) if not extra.empty else runs
 
 
@@ -322,37 +368,55 @@ def header(cfg, name: str, ui: str, packs, algorithms, since) -> Report:
     if since:
         filters.append(f"runs started since {since}")
     title = "kdbench leaderboard" + (f": {name}" if name != "leaderboard" else "")
-    return Report(title=title, generated=f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}", source=uri,
-                  code_version=tracking.code_version(), ui_url=ui, ui_command=ui_command(uri, ui),
-                  filters="; ".join(filters) or "all finished kdbench runs")
+    return Report(
+        title=title,
+        generated=f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}",
+        source=uri,
+        code_version=tracking.code_version(),
+        ui_url=ui,
+        ui_command=ui_command(uri, ui),
+        filters="; ".join(filters) or "all finished kdbench runs",
+    )
 
 
-def build_pack(df: pd.DataFrame, pack: str, tasks: list[TaskInfo], board: pd.DataFrame, ui: str,
-               load_samples, per_task: int) -> PackSection:
+def build_pack(
+    df: pd.DataFrame, pack: str, tasks: list[TaskInfo], board: pd.DataFrame, ui: str, load_samples, per_task: int
+) -> PackSection:
     """A pack's section: per (teacher, student) setting its tables, provenance and samples.
 
     load_samples: run ids -> {run_id: samples.json content}."""
     section = PackSection(pack, tasks, [])
     if any(t.inferred for t in tasks):
-        section.note = ("The pack is not present here: its tasks were inferred from the metric names "
-                        "(accuracy taken as multiple choice with chance 25%).")
-    for (teacher, student), setting in board.groupby(["teacher", "student"], sort=False):
+        section.note = (
+            "The pack is not present here: its tasks were inferred from the metric names "
+            "(accuracy taken as multiple choice with chance 25%)."
+        )
+    for (teacher, student), setting in board.groupby([names.TEACHER, names.STUDENT], sort=False):
         setting = setting.copy()
         runs = setting_runs(df, pack, setting)
         sources = sample_sources(runs, setting)
         samples = samples_for(tasks, sources, load_samples([rid for _, rid in sources]), per_task)
         gaps, notes = gaps_table(setting, tasks)
-        section.settings.append(Setting(
-            teacher=short_ref(teacher), student=short_ref(student), scores=scores_table(setting, tasks),
-            gaps=gaps, costs=costs_table(setting), provenance=provenance(runs, teacher, student, ui),
-            runs=runs_table(runs, ui), samples=samples, notes=notes))
+        section.settings.append(
+            Setting(
+                teacher=short_ref(teacher),
+                student=short_ref(student),
+                scores=scores_table(setting, tasks),
+                gaps=gaps,
+                costs=costs_table(setting),
+                provenance=provenance(runs, teacher, student, ui),
+                runs=runs_table(runs, ui),
+                samples=samples,
+                notes=notes,
+            )
+        )
     return section
 
 
 def summary_table(summ: pd.DataFrame, rates: pd.DataFrame, n_columns: int) -> Table:
     """Pack × algorithm headline scores, with the mean win rate; best algorithm per column in bold."""
-    rate = dict(zip(rates["algorithm"], rates["win_rate"]))
-    algos = [a for a in rates["algorithm"] if a in summ.index]
+    rate = dict(zip(rates[names.ALGORITHM], rates["win_rate"], strict=False))
+    algos = [a for a in rates[names.ALGORITHM] if a in summ.index]
     algos += sorted(a for a in summ.index if a not in algos and a not in ("teacher", "student before"))
     order = [r for r in ("teacher", "student before") if r in summ.index] + algos
     t = Table(["model", *[f"{c} (%)" for c in summ.columns], f"mean win rate (%, {n_columns} columns)"])
@@ -364,8 +428,9 @@ def summary_table(summ: pd.DataFrame, rates: pd.DataFrame, n_columns: int) -> Ta
     for r in order:
         kind = {"teacher": "teacher", "student before": "before"}.get(r, "student")
         label = {"student before": "student (before)"}.get(r, r)
-        cells = [Cell(label)] + [Cell(pct(summ.loc[r, c]), best=r in best[c] and not _nan(summ.loc[r, c]))
-                                 for c in summ.columns]
+        cells = [Cell(label)] + [
+            Cell(pct(summ.loc[r, c]), best=r in best[c] and not _nan(summ.loc[r, c])) for c in summ.columns
+        ]
         cells.append(Cell(pct(rate[r]), best=rate[r] == top) if r in rate else Cell("–"))
         t.rows.append(cells)
         t.kinds.append(kind)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-from kdbench.errors import KdbenchError
+from kdbench.errors import RuntimeFailure
 from kdbench.report.document import Report
 from kdbench.report.markdown import DEFINITIONS
 
@@ -28,10 +28,17 @@ def render(r: Report, out_dir: Path, templates: Path = TEMPLATES) -> str:
     import jinja2
 
     if not (templates / TEMPLATE).is_file():
-        raise KdbenchError(f"the HTML report template {templates / TEMPLATE} is missing; it ships with the "
-                           "kdbench checkout (reports/templates/)")
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates)), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+        raise RuntimeFailure(
+            f"the HTML report template {templates / TEMPLATE} is missing; it ships with the "
+            "kdbench checkout (reports/templates/)"
+        )
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates)),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     figures = [f for f in [r.gap_figure, *[p.figure for p in r.packs]] if f is not None]
     images = {f.file: data_uri(out_dir / f.file) for f in figures}
     return env.get_template(TEMPLATE).render(report=r, images=images, definitions=DEFINITIONS)

@@ -11,6 +11,10 @@ column an algorithm scores the fraction of the other algorithms it beats (ties
 count half); its mean win rate is the average over the columns it appears in.
 """
 
+# pandas types df[mask], df[col] and .loc[...] as Series | ndarray | scalar unions, so these rules
+# report pandas idioms here, not bugs
+# pyright: reportAttributeAccessIssue=false, reportArgumentType=false, reportGeneralTypeIssues=false, reportReturnType=false
+
 from __future__ import annotations
 
 import math
@@ -20,14 +24,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kdbench import names
 from kdbench.metrics import chance_normalized, gap_metrics
+from kdbench.packs import load_pack
 
-ROLE_ORDER = {"teacher": 0, "student_before": 1, "student_after": 2}
+ROLE_ORDER = {names.ROLE_TEACHER: 0, names.ROLE_BEFORE: 1, names.ROLE_AFTER: 2}
 EVAL_ROLES = list(ROLE_ORDER)
-GAPS = ("gap", "gap_closed", "retention", "chance_norm")
-COSTS = ("cost.teacher_tokens", "cost.teacher_seconds", "cost.train_tokens", "cost.train_seconds",
-         "cost.wall_seconds", "cost.cpu_seconds", "cost.gpu_seconds", "cost.peak_mem_mb", "cost.tokens_per_s",
-         "cost.eval_seconds")
+GAPS = (*names.GAPS, names.CHANCE_NORM)
+COSTS = names.COSTS
 _NOT_TASKS = ("m:train", "m:cost", "m:eval", "m:dataset", "m:decontam", "m:teacher", "m:dropped", "m:filter_rate")
 
 
@@ -42,11 +46,17 @@ class TaskInfo:
 
 def _infer_tasks(df: pd.DataFrame, skip: set[str]) -> list[TaskInfo]:
     """Tasks from metric names '<task>.<metric>' (acc: multiple choice, chance assumed 1/4)."""
-    names = sorted({c[2:].split(".")[0] for c in df.columns if c.startswith("m:") and c.count(".") == 1
-                    and not c.startswith(_NOT_TASKS)} - skip)
+    names = sorted(
+        {
+            c[2:].split(".")[0]
+            for c in df.columns
+            if c.startswith("m:") and c.count(".") == 1 and not c.startswith(_NOT_TASKS)
+        }
+        - skip
+    )
     out = []
     for n in names:
-        metrics = [c[len(n) + 3:] for c in df.columns if c.startswith(f"m:{n}.") and c.count(".") == 1]
+        metrics = [c[len(n) + 3 :] for c in df.columns if c.startswith(f"m:{n}.") and c.count(".") == 1]
         metrics = [m for m in metrics if not m.endswith("_stderr") and m != "n" and df[f"m:{n}.{m}"].notna().any()]
         for pick in ("acc", "rougeL", "exact_match", "f1", *sorted(metrics)):
             if pick in metrics:
@@ -58,8 +68,6 @@ def _infer_tasks(df: pd.DataFrame, skip: set[str]) -> list[TaskInfo]:
 
 def _load(pack_name: str, where: str | None):
     """The pack by name, or from ``where`` (a pack folder) when that holds the pack of that name."""
-    from kdbench.packs import load_pack
-
     for ref in [pack_name, where] if where and where != pack_name else [pack_name]:
         try:
             pack = load_pack(ref)
@@ -74,7 +82,7 @@ def task_info(pack_name: str, df: pd.DataFrame, where: str | None = None) -> lis
     """The pack's tasks when it can be loaded here (by name, or from the folder ``where``), plus any
     other task with metrics (e.g. public ones); else inferred from metric names. Tasks without
     any score are left out."""
-    d = df[df["role"].isin(EVAL_ROLES)] if "role" in df else df
+    d = df[df[names.ROLE].isin(EVAL_ROLES)] if names.ROLE in df else df
     d = d.dropna(axis=1, how="all")
     pack = _load(pack_name, where)
     if pack is None:
@@ -90,7 +98,7 @@ def task_info(pack_name: str, df: pd.DataFrame, where: str | None = None) -> lis
 
 
 def latest(df: pd.DataFrame) -> pd.DataFrame:
-    keys = [k for k in ["pack", "role", "teacher", "student", "algorithm", "seed"] if k in df]
+    keys = [k for k in [names.PACK, names.ROLE, names.TEACHER, names.STUDENT, names.ALGORITHM, names.SEED] if k in df]
     filled = df.assign(**{k: df[k].fillna("") for k in keys})
     return filled.sort_values("start_time").groupby(keys, dropna=False).tail(1)
 
@@ -110,30 +118,38 @@ def _col(runs: pd.DataFrame, name: str) -> pd.Series:
 
 def leaderboard(df: pd.DataFrame, pack: str, tasks: list[TaskInfo]) -> pd.DataFrame:
     """One row per model of each setting: scores (mean, std, n) per task, gap metrics, cost."""
-    d = latest(df[(df["pack"] == pack) & df["role"].isin(EVAL_ROLES)])
-    teachers = d[d["role"] == "teacher"]
-    befores = d[d["role"] == "student_before"]
-    afters = d[d["role"] == "student_after"]
+    d = latest(df[(df[names.PACK] == pack) & df[names.ROLE].isin(EVAL_ROLES)])
+    teachers = d[d[names.ROLE] == names.ROLE_TEACHER]
+    befores = d[d[names.ROLE] == names.ROLE_BEFORE]
+    afters = d[d[names.ROLE] == names.ROLE_AFTER]
     rows = []
-    for _, after_group in afters.groupby(["teacher", "student"], dropna=False):
-        t_ref, s_ref = after_group["teacher"].iloc[0], after_group["student"].iloc[0]
-        t = teachers[teachers["teacher"] == t_ref]
-        b = befores[befores["student"] == s_ref]
-        setting = {"pack": pack, "teacher": t_ref, "student": s_ref}
+    for _, after_group in afters.groupby([names.TEACHER, names.STUDENT], dropna=False):
+        t_ref, s_ref = after_group[names.TEACHER].iloc[0], after_group[names.STUDENT].iloc[0]
+        t = teachers[teachers[names.TEACHER] == t_ref]
+        b = befores[befores[names.STUDENT] == s_ref]
+        setting = {names.PACK: pack, names.TEACHER: t_ref, names.STUDENT: s_ref}
         teacher_mean = {x.name: agg(_col(t, f"m:{x.name}.{x.metric}"))[0] for x in tasks}
         if not t.empty:
-            rows.append(_row(setting, "teacher", "teacher", t, tasks, teacher_mean))
+            rows.append(_row(setting, "teacher", names.ROLE_TEACHER, t, tasks, teacher_mean))
         if not b.empty:
-            rows.append(_row(setting, "student before", "student_before", b, tasks, teacher_mean))
+            rows.append(_row(setting, "student before", names.ROLE_BEFORE, b, tasks, teacher_mean))
         for algo, runs in after_group.groupby("algorithm"):
-            rows.append(_row(setting, str(algo), "student_after", runs, tasks, teacher_mean))
+            rows.append(_row(setting, str(algo), names.ROLE_AFTER, runs, tasks, teacher_mean))
     if not rows and not teachers.empty:  # baselines only (no algorithm finished yet)
-        for _, runs in teachers.groupby("teacher"):
-            rows.append(_row({"pack": pack, "teacher": runs["teacher"].iloc[0], "student": ""}, "teacher",
-                             "teacher", runs, tasks, {}))
+        for _, runs in teachers.groupby(names.TEACHER):
+            rows.append(
+                _row(
+                    {names.PACK: pack, names.TEACHER: runs[names.TEACHER].iloc[0], names.STUDENT: ""},
+                    "teacher",
+                    names.ROLE_TEACHER,
+                    runs,
+                    tasks,
+                    {},
+                )
+            )
     out = pd.DataFrame(rows)
     if not out.empty:
-        out = out.sort_values(["teacher", "student", "order"], kind="stable").drop(columns="order")
+        out = out.sort_values([names.TEACHER, names.STUDENT, "order"], kind="stable").drop(columns="order")
     return out.reset_index(drop=True)
 
 
@@ -142,41 +158,48 @@ def _gaps(role: str, task: TaskInfo, runs: pd.DataFrame, teacher_mean: float) ->
     the baselines of their flow); the student before is measured against the teacher's mean."""
     base = f"m:{task.name}.{task.metric}"
     scores = _col(runs, base).astype(float)
-    if role == "student_after":
-        return {g: _col(runs, f"{base}.{g}") for g in ("gap", "gap_closed", "retention")}
-    if role == "teacher":
-        return {"gap": scores * 0.0, "gap_closed": scores * math.nan, "retention": scores / scores}
-    per_run = [gap_metrics(teacher_mean, s, s) if np.isfinite(s) and np.isfinite(teacher_mean) else {}
-               for s in scores]
-    return {g: pd.Series([p.get(g, math.nan) for p in per_run], index=runs.index)
-            for g in ("gap", "gap_closed", "retention")}
+    if role == names.ROLE_AFTER:
+        return {g: _col(runs, f"{base}.{g}") for g in names.GAPS}
+    if role == names.ROLE_TEACHER:
+        return {names.GAP: scores * 0.0, names.GAP_CLOSED: scores * math.nan, names.RETENTION: scores / scores}
+    per_run = [gap_metrics(teacher_mean, s, s) if np.isfinite(s) and np.isfinite(teacher_mean) else {} for s in scores]
+    return {g: pd.Series([p.get(g, math.nan) for p in per_run], index=runs.index) for g in names.GAPS}
 
 
-def _row(setting: dict, label: str, role: str, runs: pd.DataFrame, tasks: list[TaskInfo],
-         teacher_mean: dict[str, float]) -> dict:
-    seeds = sorted(runs["seed"].dropna().astype(str)) if "seed" in runs else []
-    row = {**setting, "row": label, "role": role, "order": ROLE_ORDER[role], "seeds": len(runs),
-           "seed_list": ",".join(s for s in seeds if s), "run_ids": list(runs["run_id"])}
+def _row(
+    setting: dict, label: str, role: str, runs: pd.DataFrame, tasks: list[TaskInfo], teacher_mean: dict[str, float]
+) -> dict:
+    seeds = sorted(runs[names.SEED].dropna().astype(str)) if names.SEED in runs else []
+    row = {
+        **setting,
+        "row": label,
+        names.ROLE: role,
+        "order": ROLE_ORDER[role],
+        "seeds": len(runs),
+        "seed_list": ",".join(s for s in seeds if s),
+        "run_ids": list(runs["run_id"]),
+    }
     for t in tasks:
         scores = _col(runs, f"m:{t.name}.{t.metric}")
         row[f"{t.name}.mean"], row[f"{t.name}.std"], row[f"{t.name}.n"] = agg(scores)
         row[f"{t.name}.items"] = agg(_col(runs, f"m:{t.name}.n"))[0]
         per_run = _gaps(role, t, runs, teacher_mean.get(t.name, math.nan))
-        per_run["chance_norm"] = pd.to_numeric(scores, errors="coerce").map(
-            lambda s, c=t.chance: chance_normalized(s, c) if np.isfinite(s) else math.nan)
+        per_run[names.CHANCE_NORM] = pd.to_numeric(scores, errors="coerce").map(
+            lambda s, c=t.chance: chance_normalized(s, c) if np.isfinite(s) else math.nan
+        )
         for g in GAPS:
             row[f"{t.name}.{g}"], row[f"{t.name}.{g}_std"], _ = agg(per_run[g])
     for c in COSTS:
         row[c] = agg(_col(runs, f"m:{c}"))[0]
-    if role != "student_after":  # a baseline's only cost is its evaluation
-        row["cost.eval_seconds"] = agg(_col(runs, "m:eval.seconds"))[0]
+    if role != names.ROLE_AFTER:  # a baseline's only cost is its evaluation
+        row[names.COST_EVAL_SECONDS] = agg(_col(runs, f"m:{names.EVAL_SECONDS}"))[0]
     return row
 
 
 def teacher_ahead(board: pd.DataFrame, task: TaskInfo) -> bool:
     """Whether the teacher beats the student before on the task: gap closed means nothing otherwise."""
-    t = board.loc[board["role"] == "teacher", f"{task.name}.mean"]
-    b = board.loc[board["role"] == "student_before", f"{task.name}.mean"]
+    t = board.loc[board[names.ROLE] == names.ROLE_TEACHER, f"{task.name}.mean"]
+    b = board.loc[board[names.ROLE] == names.ROLE_BEFORE, f"{task.name}.mean"]
     return not t.empty and not b.empty and bool(t.iloc[0] > b.iloc[0])
 
 
@@ -205,8 +228,8 @@ def summary(boards: dict[str, pd.DataFrame], tasks: dict[str, list[TaskInfo]]) -
         h = headline(tasks[pack])
         if board.empty or h is None:
             continue
-        students = board["student"].unique()
-        for student, setting in board.groupby("student", sort=False):
+        students = board[names.STUDENT].unique()
+        for student, setting in board.groupby(names.STUDENT, sort=False):
             col = f"{_setting_label(pack, student, len(students) > 1)}: {h.name} {h.metric}"
             cols[col] = {r["row"]: r[f"{h.name}.mean"] for _, r in setting.iterrows()}
     rows = ["teacher", "student before"]
@@ -220,12 +243,13 @@ def win_columns(boards: dict[str, pd.DataFrame], tasks: dict[str, list[TaskInfo]
     for pack, board in boards.items():
         if board.empty:
             continue
-        afters = board[board["role"] == "student_after"]
-        students = board["student"].unique()
-        for student, setting in afters.groupby("student", sort=False):
+        afters = board[board[names.ROLE] == names.ROLE_AFTER]
+        students = board[names.STUDENT].unique()
+        for student, setting in afters.groupby(names.STUDENT, sort=False):
             for t in tasks[pack]:
-                vals = {r["row"]: r[f"{t.name}.mean"] for _, r in setting.iterrows()
-                        if np.isfinite(r[f"{t.name}.mean"])}
+                vals = {
+                    r["row"]: r[f"{t.name}.mean"] for _, r in setting.iterrows() if np.isfinite(r[f"{t.name}.mean"])
+                }
                 if vals:
                     out[f"{_setting_label(pack, student, len(students) > 1)}: {t.name} {t.metric}"] = vals
     return out
@@ -243,8 +267,10 @@ def win_rates(columns: dict[str, dict[str, float]], tol: float = 1e-9) -> pd.Dat
             others = [vb for b, vb in vals.items() if b != a]
             wins = sum(1.0 if va > vb + tol else 0.5 if abs(va - vb) <= tol else 0.0 for vb in others)
             rates.setdefault(a, []).append(wins / len(others))
-    out = pd.DataFrame([{"algorithm": a, "win_rate": float(np.mean(r)), "columns": len(r)} for a, r in rates.items()],
-                       columns=["algorithm", "win_rate", "columns"])
+    out = pd.DataFrame(
+        [{"algorithm": a, "win_rate": float(np.mean(r)), "columns": len(r)} for a, r in rates.items()],
+        columns=["algorithm", "win_rate", "columns"],
+    )
     return out.sort_values(["win_rate", "algorithm"], ascending=[False, True], kind="stable").reset_index(drop=True)
 
 

@@ -13,20 +13,36 @@ from kdbench.report.document import Cell, PackSection, Report, Sample, Setting, 
 
 DEFINITIONS = [
     ("gap", "teacher − student, in points of the task's headline metric"),
-    ("gap closed", ("(student after − student before) / (teacher − student before): the share of the "
-                    "teacher–student gap that distillation recovered")),
+    (
+        "gap closed",
+        (
+            "(student after − student before) / (teacher − student before): the share of the "
+            "teacher–student gap that distillation recovered"
+        ),
+    ),
     ("retention", "student / teacher"),
     ("chance-normalized", "(score − chance) / (1 − chance): 0 at random guessing, 100 at perfect"),
-    ("mean win rate", ("HELM-style: in each (pack, task) column an algorithm gets the fraction of the other "
-                       "algorithms it beats on the task's headline metric (ties count half); averaged over columns")),
+    (
+        "mean win rate",
+        (
+            "HELM-style: in each (pack, task) column an algorithm gets the fraction of the other "
+            "algorithms it beats on the task's headline metric (ties count half); averaged over columns"
+        ),
+    ),
 ]
 
-LEGEND = ("Scores are percentages: mean ± std over seeds, n = number of seeds. **Bold**: the best "
-          "distilled student in its column.")
-COST_NOTE = ("Means over seeds; teacher tokens are those generated for the training data, charged to every "
-             "student trained on it.")
-SAMPLES_NOTE = ("The first items of each generation task, with the teacher, the student before and each "
-                "algorithm (lowest seed) side by side.")
+LEGEND = (
+    "Scores are percentages: mean ± std over seeds, n = number of seeds. **Bold**: the best "
+    "distilled student in its column."
+)
+COST_NOTE = (
+    "Means over seeds; teacher tokens are those generated for the training data, charged to every "
+    "student trained on it."
+)
+SAMPLES_NOTE = (
+    "The first items of each generation task, with the teacher, the student before and each "
+    "algorithm (lowest seed) side by side."
+)
 
 
 def esc(text: object) -> str:
@@ -63,17 +79,39 @@ def table(t: Table) -> str:
 
 
 def _sample(s: Sample, level: str) -> list[str]:
-    return [f"{level} {esc(s.task)} · {esc(s.item)}", "",
-            f"**Question:** {esc(s.question)}<br>**Reference:** {esc(s.target)}", "",
-            "| model | generation | score |", "|---|---|---|",
-            *[f"| {esc(m)} | {esc(p) if p else '*(empty)*'} | {esc(sc)} |" for m, p, sc in s.rows], ""]
+    return [
+        f"{level} {esc(s.task)} · {esc(s.item)}",
+        "",
+        f"**Question:** {esc(s.question)}<br>**Reference:** {esc(s.target)}",
+        "",
+        "| model | generation | score |",
+        "|---|---|---|",
+        *[f"| {esc(m)} | {esc(p) if p else '*(empty)*'} | {esc(sc)} |" for m, p, sc in s.rows],
+        "",
+    ]
 
 
 def _setting(s: Setting, level: str, figure_md: list[str]) -> list[str]:
-    out = [f"Teacher {code(s.teacher)}, student {code(s.student)}.", "",
-           f"{level} Scores", "", table(s.scores), "",
-           f"{level} Gap to the teacher", "", table(s.gaps), "", *[x for n in s.notes for x in (f"*{esc(n)}*", "")],
-           f"{level} Cost", "", COST_NOTE, "", table(s.costs), "", *figure_md]
+    out = [
+        f"Teacher {code(s.teacher)}, student {code(s.student)}.",
+        "",
+        f"{level} Scores",
+        "",
+        table(s.scores),
+        "",
+        f"{level} Gap to the teacher",
+        "",
+        table(s.gaps),
+        "",
+        *[x for n in s.notes for x in (f"*{esc(n)}*", "")],
+        f"{level} Cost",
+        "",
+        COST_NOTE,
+        "",
+        table(s.costs),
+        "",
+        *figure_md,
+    ]
     if s.samples:
         out += [f"{level} Sample generations", "", SAMPLES_NOTE, ""]
         for sample in s.samples:
@@ -103,19 +141,28 @@ def _pack(p: PackSection) -> list[str]:
 
 def render(r: Report) -> str:
     """The whole report as one Markdown document."""
-    generated = (f"Generated {esc(r.generated)} from {code(r.source)} (code {code(r.code_version)}); "
-                 f"selection: {esc(r.filters)}.")
-    out = [f"# {esc(r.title)}", "", generated, "",
-           LEGEND, ""]
+    generated = (
+        f"Generated {esc(r.generated)} from {code(r.source)} (code {code(r.code_version)}); "
+        f"selection: {esc(r.filters)}."
+    )
+    out = [f"# {esc(r.title)}", "", generated, "", LEGEND, ""]
     if r.ui_command:
         out += [f"Run ids link to the MLflow UI at {esc(r.ui_url)}; start it with {code(r.ui_command)}.", ""]
     else:
         out += [f"Run ids link to the MLflow UI of the tracking server {esc(r.ui_url)}.", ""]
     if not r.packs:
         return "\n".join(out + ["No finished kdbench runs match."]) + "\n"
-    out += ["Contents: " + " · ".join([*(["[summary](#summary-across-packs)"] if r.summary is not None else []),
-                                       *[f"[{esc(p.name)}](#{anchor(p.name)})" for p in r.packs],
-                                       "[definitions](#definitions)"]), ""]
+    out += [
+        "Contents: "
+        + " · ".join(
+            [
+                *(["[summary](#summary-across-packs)"] if r.summary is not None else []),
+                *[f"[{esc(p.name)}](#{anchor(p.name)})" for p in r.packs],
+                "[definitions](#definitions)",
+            ]
+        ),
+        "",
+    ]
     if r.summary is not None:
         out += ["## Summary across packs", "", table(r.summary), "", esc(r.win_note), ""]
     if r.gap_figure:

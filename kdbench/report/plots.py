@@ -4,6 +4,10 @@ Each algorithm keeps one colour and one marker in every figure, so a reader can
 follow it from pack to pack.
 """
 
+# pandas types df[mask], df[col] and .loc[...] as Series | ndarray | scalar unions, so these rules
+# report pandas idioms here, not bugs
+# pyright: reportAttributeAccessIssue=false, reportArgumentType=false, reportGeneralTypeIssues=false
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kdbench import names
 from kdbench.report.leaderboard import TaskInfo, headline, teacher_ahead
 
 MARKERS = "osD^vP*Xhp<>"
@@ -23,18 +28,27 @@ def _plt():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.spines.top": False,
-                         "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3})
+    plt.rcParams.update(
+        {
+            "font.size": 10,
+            "axes.titlesize": 11,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+        }
+    )
     return plt
 
 
 def styles(algorithms: list[str]) -> dict[str, tuple[str, str]]:
     """algorithm -> (colour, marker), stable for a sorted list of algorithms."""
-    import matplotlib
+    import matplotlib.colors
 
     cmap = matplotlib.colormaps["tab10"]
-    return {a: (matplotlib.colors.to_hex(cmap(i % 10)), MARKERS[i % len(MARKERS)])
-            for i, a in enumerate(sorted(algorithms))}
+    return {
+        a: (matplotlib.colors.to_hex(cmap(i % 10)), MARKERS[i % len(MARKERS)]) for i, a in enumerate(sorted(algorithms))
+    }
 
 
 def _save(fig, path: Path) -> Path:
@@ -45,22 +59,23 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def gap_closed_bars(boards: dict[str, pd.DataFrame], tasks: dict[str, list[TaskInfo]],
-                    style: dict[str, tuple[str, str]], path: Path) -> Path | None:
+def gap_closed_bars(
+    boards: dict[str, pd.DataFrame], tasks: dict[str, list[TaskInfo]], style: dict[str, tuple[str, str]], path: Path
+) -> Path | None:
     """Grouped bars: per pack, the gap closed on its headline task by each algorithm (mean ± std)."""
     groups = []  # (x label, {algorithm: (mean, std)})
     for pack, board in boards.items():
         h = headline(tasks[pack])
         if h is None or board.empty:
             continue
-        afters = board[board["role"] == "student_after"]
-        many = afters["student"].nunique() > 1
-        for student, rows in afters.groupby("student", sort=False):
-            vals = {r["row"]: (r[f"{h.name}.gap_closed"], r[f"{h.name}.gap_closed_std"]) for _, r in rows.iterrows()
-                    if np.isfinite(r[f"{h.name}.gap_closed"])}
+        afters = board[board[names.ROLE] == names.ROLE_AFTER]
+        many = afters[names.STUDENT].nunique() > 1
+        for student, rows in afters.groupby(names.STUDENT, sort=False):
+            col = names.metric(h.name, names.GAP_CLOSED)
+            vals = {r["row"]: (r[col], r[f"{col}_std"]) for _, r in rows.iterrows() if np.isfinite(r[col])}
             if vals:
                 label = f"{pack}\n{h.name} {h.metric}" + (f"\n{Path(student).name}" if many else "")
-                if not teacher_ahead(board[board["student"] == student], h):
+                if not teacher_ahead(board[board[names.STUDENT] == student], h):
                     label += "\n(teacher ≤ before:\nnot meaningful)"
                 groups.append((label, vals))
     if not groups:
@@ -73,8 +88,16 @@ def gap_closed_bars(boards: dict[str, pd.DataFrame], tasks: dict[str, list[TaskI
         xs = [g + (i - (len(algos) - 1) / 2) * width for g, (_, v) in enumerate(groups) if a in v]
         ms = [100 * v[a][0] for _, v in groups if a in v]
         es = [100 * (v[a][1] if np.isfinite(v[a][1]) else 0.0) for _, v in groups if a in v]
-        bars = ax.bar(xs, ms, width * 0.92, yerr=es, capsize=3, color=style[a][0], label=a,
-                      error_kw={"elinewidth": 1, "alpha": 0.7})
+        bars = ax.bar(
+            xs,
+            ms,
+            width * 0.92,
+            yerr=es,
+            capsize=3,
+            color=style[a][0],
+            label=a,
+            error_kw={"elinewidth": 1, "alpha": 0.7},
+        )
         ax.bar_label(bars, labels=[f"{m:.0f}" for m in ms], padding=2, fontsize=8)
     ax.axhline(0, color="#444", lw=0.8)
     ax.axhline(100, color="#444", lw=0.8, ls="--")
@@ -87,24 +110,25 @@ def gap_closed_bars(boards: dict[str, pd.DataFrame], tasks: dict[str, list[TaskI
     return _save(fig, path)
 
 
-COST_AXES = [("cost.train_tokens", "training tokens"), ("cost.train_seconds", "training wall time (s)")]
+COST_AXES = [(names.COST_TRAIN_TOKENS, "training tokens"), (names.COST_TRAIN_SECONDS, "training wall time (s)")]
 
 
-def score_vs_cost(board: pd.DataFrame, tasks: list[TaskInfo], pack: str, style: dict[str, tuple[str, str]],
-                  path: Path) -> Path | None:
+def score_vs_cost(
+    board: pd.DataFrame, tasks: list[TaskInfo], pack: str, style: dict[str, tuple[str, str]], path: Path
+) -> Path | None:
     """Headline score against training tokens and against wall time, one marker per algorithm;
     the teacher and the student before as horizontal lines."""
     h = headline(tasks)
     if h is None or board.empty:
         return None
-    afters = board[board["role"] == "student_after"]
+    afters = board[board[names.ROLE] == names.ROLE_AFTER]
     axes_used = [(c, label) for c, label in COST_AXES if afters[c].notna().any()]
     if afters.empty or not axes_used:
         return None
     plt = _plt()
     fig, axes = plt.subplots(1, len(axes_used), figsize=(5.2 * len(axes_used), 3.8), squeeze=False, sharey=True)
-    many = afters["student"].nunique() > 1
-    for ax, (col, label) in zip(axes[0], axes_used):
+    many = afters[names.STUDENT].nunique() > 1
+    for ax, (col, label) in zip(axes[0], axes_used, strict=False):
         for _, r in afters.iterrows():
             y, yerr = 100 * r[f"{h.name}.mean"], 100 * r[f"{h.name}.std"]
             if not (np.isfinite(y) and np.isfinite(r[col])):
@@ -112,10 +136,20 @@ def score_vs_cost(board: pd.DataFrame, tasks: list[TaskInfo], pack: str, style: 
             colour, marker = style[r["row"]]
             name = r["row"] + (f" ({Path(r['student']).name})" if many else "")
             # hollow markers: algorithms with the same cost and score stay visible on top of each other
-            ax.errorbar(r[col], y, yerr=yerr if np.isfinite(yerr) else None, fmt=marker, color=colour, ms=9,
-                        mfc="none", mew=2, capsize=3, label=name)
-        for role, ls, text in [("teacher", "--", "teacher"), ("student_before", ":", "student before")]:
-            base = board[board["role"] == role]
+            ax.errorbar(
+                r[col],
+                y,
+                yerr=yerr if np.isfinite(yerr) else None,
+                fmt=marker,
+                color=colour,
+                ms=9,
+                mfc="none",
+                mew=2,
+                capsize=3,
+                label=name,
+            )
+        for role, ls, text in [(names.ROLE_TEACHER, "--", "teacher"), (names.ROLE_BEFORE, ":", "student before")]:
+            base = board[board[names.ROLE] == role]
             if not base.empty and np.isfinite(base[f"{h.name}.mean"].iloc[0]):
                 ax.axhline(100 * base[f"{h.name}.mean"].iloc[0], color="#555", ls=ls, lw=1, label=text)
         ax.set_xlabel(label)
@@ -123,9 +157,15 @@ def score_vs_cost(board: pd.DataFrame, tasks: list[TaskInfo], pack: str, style: 
         _pad(ax, afters[col])
     axes[0][0].set_ylabel(f"{h.name} {h.metric} (%)")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    seen = dict(zip(labels, handles))
-    fig.legend(seen.values(), seen.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.0),
-               ncols=min(len(seen), 6), frameon=False)
+    seen = dict(zip(labels, handles, strict=False))
+    fig.legend(
+        seen.values(),
+        seen.keys(),
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncols=min(len(seen), 6),
+        frameon=False,
+    )
     fig.suptitle(f"{pack}: score against cost (mean ± std over seeds)")
     fig.tight_layout()
     return _save(fig, path)

@@ -1,4 +1,5 @@
 """lm-eval hooks for this pack (written by `kdbench packs new`; no need to edit)."""
+
 from pathlib import Path
 
 from evals.hooks import make_loader, process_generation  # noqa: F401

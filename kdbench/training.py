@@ -1,10 +1,11 @@
-"""The one training loop every algorithm shares.
+"""The one training loop: distillation, the self-knowledge warm-up and the tiny models share it.
 
-An algorithm supplies a *step function* ``step_fn(ctx, batch) -> (loss, logs)``
-(see :class:`StepContext`); this module owns everything around it: device
-placement under accelerate, optional LoRA, AdamW with warm-up and cosine decay,
-a deterministic batch order, a progress bar, periodic atomic checkpoints with
-exact resume, a guard that stops on a NaN/inf loss, and the saved model.
+A caller supplies a *step function* ``step_fn(ctx, batch) -> (loss, logs)``
+(see :class:`StepContext`; :func:`sft_step` is the plain cross-entropy one);
+this module owns everything around it: device placement under accelerate,
+optional LoRA, AdamW with warm-up and cosine decay, a deterministic batch
+order, a progress bar, periodic atomic checkpoints with exact resume, a guard
+that stops on a NaN/inf loss, and the saved model.
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from kdbench.data import collate, pad_id
-from kdbench.errors import KdbenchError, NonFiniteLossError
+from kdbench.errors import NonFiniteLossError, RuntimeFailure, UserError
+from kdbench.log import get_logger
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -41,6 +46,25 @@ class StepContext:
 
 
 StepFn = Callable[[StepContext, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
+
+
+def causal_lm_ce(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over masked target tokens.
+
+    logits [B,T,V] (position t predicts token t+1), input_ids [B,T], loss_mask [B,T]
+    marking the target tokens.
+    """
+    target_mask = loss_mask[:, 1:]
+    if not target_mask.any():
+        return logits.sum() * 0.0
+    pred = logits[:, :-1][target_mask]
+    return F.cross_entropy(pred.float(), input_ids[:, 1:][target_mask])
+
+
+def sft_step(ctx: StepContext, batch):
+    """Cross-entropy on the response tokens. batch: input_ids/attention_mask/loss_mask [B,T]."""
+    logits = ctx.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return causal_lm_ce(logits, batch["input_ids"], batch["loss_mask"]), {}
 
 
 @dataclass
@@ -90,10 +114,15 @@ def _save_checkpoint(ckpt: Path, model, optimizer, scheduler, step: int, extra: 
     tmp = ckpt.with_name(ckpt.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "extra": {k: v.state_dict() for k, v in extra.items()
-                                                               if hasattr(v, "state_dict")}},
-               tmp / "state.pt")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "extra": {k: v.state_dict() for k, v in extra.items() if hasattr(v, "state_dict")},
+        },
+        tmp / "state.pt",
+    )
     (tmp / "step.json").write_text(json.dumps({"step": step}))
     old = ckpt.with_name(ckpt.name + ".old")
     if ckpt.exists():
@@ -113,9 +142,22 @@ def _load_checkpoint(ckpt: Path, model, optimizer, scheduler, extra: dict) -> in
     return json.loads((ckpt / "step.json").read_text())["step"]
 
 
-def train(student, tokenizer, examples: list[dict], step_fn: StepFn, *, cfg, out_dir: Path, seed: int,
-          teacher=None, hp=None, device: str = "cpu", log_fn: Callable[[int, dict], None] | None = None,
-          desc: str = "train", extra: dict | None = None) -> TrainResult:
+def train(
+    student,
+    tokenizer,
+    examples: list[dict],
+    step_fn: StepFn,
+    *,
+    cfg,
+    out_dir: Path,
+    seed: int,
+    teacher=None,
+    hp=None,
+    device: str = "cpu",
+    log_fn: Callable[[int, dict], None] | None = None,
+    desc: str = "train",
+    extra: dict | None = None,
+) -> TrainResult:
     """Train ``student`` on tokenized ``examples`` with ``step_fn``; save to out_dir/model.
 
     examples: dicts with input_ids and loss_mask (see kdbench.data.tokenize_example).
@@ -125,15 +167,17 @@ def train(student, tokenizer, examples: list[dict], step_fn: StepFn, *, cfg, out
     from transformers import get_cosine_schedule_with_warmup
 
     if not examples:
-        raise KdbenchError(f"{desc}: no training examples; check the elicited dataset")
+        raise UserError(f"{desc}: no training examples; check the elicited dataset")
     torch.manual_seed(seed)
     accelerator = Accelerator(cpu=device == "cpu")
     dev = accelerator.device
     if cfg.lora:
         from peft import LoraConfig, get_peft_model
 
-        student = get_peft_model(student, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                                     target_modules="all-linear", task_type="CAUSAL_LM"))
+        student = get_peft_model(
+            student,
+            LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"),
+        )
     extra = extra or {}
     params = [p for p in student.parameters() if p.requires_grad]
     params += [p for m in extra.values() if isinstance(m, torch.nn.Module) for p in m.parameters() if p.requires_grad]
@@ -143,8 +187,9 @@ def train(student, tokenizer, examples: list[dict], step_fn: StepFn, *, cfg, out
     # modules an algorithm trains beside the student (hidden's projections) are prepared with it, so under
     # several processes their gradients synchronise too
     modules = [k for k, m in extra.items() if isinstance(m, torch.nn.Module)]
-    student, optimizer, scheduler, *prepared = accelerator.prepare(student, optimizer, scheduler,
-                                                                   *[extra[k] for k in modules])
+    student, optimizer, scheduler, *prepared = accelerator.prepare(
+        student, optimizer, scheduler, *[extra[k] for k in modules]
+    )
     extra = {**extra, **dict(zip(modules, prepared, strict=True))}
     unwrapped = {k: accelerator.unwrap_model(extra[k]) for k in modules}  # what checkpoints hold
     if teacher is not None:
@@ -156,16 +201,25 @@ def train(student, tokenizer, examples: list[dict], step_fn: StepFn, *, cfg, out
     if (ckpt / "step.json").exists():
         try:
             start = _load_checkpoint(ckpt, accelerator.unwrap_model(student), optimizer, scheduler, unwrapped)
-            print(f"[kdbench] {desc}: resuming from the checkpoint at step {start}/{total}")
+            log.info(f"{desc}: resuming from the checkpoint at step {start}/{total}")
         except Exception as e:  # a truncated or corrupted file: keep it for inspection, start over
             aside = ckpt.with_name(f"checkpoint.corrupt-{int(time.time())}")
             ckpt.rename(aside)
-            print(f"[kdbench] warning: {desc}: the checkpoint in {ckpt} cannot be read ({type(e).__name__}: "
-                  f"{str(e)[:200]}); moved to {aside.name}, training starts from step 0")
+            log.warning(
+                f"{desc}: the checkpoint in {ckpt} cannot be read ({type(e).__name__}: "
+                f"{str(e)[:200]}); moved to {aside.name}, training starts from step 0"
+            )
             start = 0
 
-    ctx = StepContext(student=student, teacher=teacher, tokenizer=tokenizer, hp=hp, device=dev,
-                      generator=torch.Generator().manual_seed(seed), extra=extra)
+    ctx = StepContext(
+        student=student,
+        teacher=teacher,
+        tokenizer=tokenizer,
+        hp=hp,
+        device=dev,
+        generator=torch.Generator().manual_seed(seed),
+        extra=extra,
+    )
     order = _batch_order([len(e["input_ids"]) for e in examples], cfg.batch_size, total, seed)
     pad = pad_id(tokenizer)
     tokens, loss_val, t0 = 0, float("nan"), time.perf_counter()
@@ -191,15 +245,23 @@ def train(student, tokenizer, examples: list[dict], step_fn: StepFn, *, cfg, out
             rate = tokens / max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix(loss=f"{loss_val:.4f}", tok_s=f"{rate:,.0f}")
             if log_fn is not None:
-                log_fn(step, {"train.loss": loss_val, "train.lr": scheduler.get_last_lr()[0],
-                              **{f"train.{k}": v for k, v in logs.items()}})
+                log_fn(
+                    step,
+                    {
+                        "train.loss": loss_val,
+                        "train.lr": scheduler.get_last_lr()[0],
+                        **{f"train.{k}": v for k, v in logs.items()},
+                    },
+                )
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
             try:
                 _save_checkpoint(ckpt, accelerator.unwrap_model(student), optimizer, scheduler, step + 1, unwrapped)
             except OSError as e:
                 kept = f"the checkpoint at step {last_saved} is kept" if last_saved else "no earlier checkpoint exists"
-                raise KdbenchError(f"{desc}: could not write the checkpoint at step {step + 1} in {ckpt} ({e}); "
-                                   f"{kept}. Free disk space or fix permissions and rerun to resume.") from e
+                raise RuntimeFailure(
+                    f"{desc}: could not write the checkpoint at step {step + 1} in {ckpt} ({e}); "
+                    f"{kept}. Free disk space or fix permissions and rerun to resume."
+                ) from e
             last_saved = step + 1
     bar.close()
     seconds = time.perf_counter() - t0
@@ -216,6 +278,13 @@ def train(student, tokenizer, examples: list[dict], step_fn: StepFn, *, cfg, out
         shutil.rmtree(model_dir, ignore_errors=True)
         tmp.rename(model_dir)
         shutil.rmtree(ckpt, ignore_errors=True)
-    return TrainResult(model_dir=model_dir, steps=total, train_tokens=tokens, seconds=seconds,
-                       tokens_per_s=tokens / max(seconds, 1e-9), peak_mem_mb=_peak_mem_mb(dev),
-                       final_loss=loss_val, resumed_from=start)
+    return TrainResult(
+        model_dir=model_dir,
+        steps=total,
+        train_tokens=tokens,
+        seconds=seconds,
+        tokens_per_s=tokens / max(seconds, 1e-9),
+        peak_mem_mb=_peak_mem_mb(dev),
+        final_loss=loss_val,
+        resumed_from=start,
+    )

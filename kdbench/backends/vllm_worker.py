@@ -1,6 +1,6 @@
 """A vLLM engine in its own process, spoken to in JSON lines over stdin/stdout.
 
-Run by :mod:`kdbench.elicit.vllm_backend` with the Python of an environment that
+Run by :mod:`kdbench.backends.vllm` with the Python of an environment that
 has vLLM (vLLM pins its own torch, transformers and FastAPI, which need not
 agree with Prefect's: keeping it in its own venv avoids the conflict). This
 file imports only the standard library and vLLM, never kdbench.
@@ -21,6 +21,10 @@ import time
 
 
 def main() -> None:
+    # Run as a script, this file's folder comes first on sys.path, and it holds kdbench's vllm.py (the
+    # backend that starts this worker): without it there, `import vllm` finds the vLLM package.
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
     reply = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # library output to stderr; the protocol owns the original stdout
     llm = None
@@ -31,29 +35,42 @@ def main() -> None:
             if op == "exit":
                 break
             if op == "init":
-                from vllm import LLM
+                from vllm import LLM  # pyright: ignore[reportAttributeAccessIssue]  # vLLM is in .venv-vllm only
 
                 # generation_config="vllm": the model's generation_config.json sets no sampling default
                 llm = LLM(generation_config="vllm", **req)
                 out = {"ok": True}
             elif op == "generate":
-                from vllm import SamplingParams
+                from vllm import SamplingParams  # pyright: ignore[reportAttributeAccessIssue]  # as LLM above
 
                 # the model's own distribution: every other sampling knob explicitly neutral
-                params = SamplingParams(max_tokens=req["max_tokens"], temperature=req["temperature"],
-                                        top_p=req["top_p"], top_k=0, min_p=0.0, repetition_penalty=1.0,
-                                        presence_penalty=0.0, frequency_penalty=0.0, seed=req.get("seed"),
-                                        detokenize=False)
+                params = SamplingParams(
+                    max_tokens=req["max_tokens"],
+                    temperature=req["temperature"],
+                    top_p=req["top_p"],
+                    top_k=0,
+                    min_p=0.0,
+                    repetition_penalty=1.0,
+                    presence_penalty=0.0,
+                    frequency_penalty=0.0,
+                    seed=req.get("seed"),
+                    detokenize=False,
+                )
+                assert llm is not None, "generate before init"
                 t0 = time.perf_counter()
                 res = llm.generate([{"prompt_token_ids": p} for p in req["prompts"]], params, use_tqdm=False)
                 out = {"token_ids": [list(r.outputs[0].token_ids) for r in res], "seconds": time.perf_counter() - t0}
             elif op == "score":
-                from vllm import SamplingParams
+                from vllm import SamplingParams  # pyright: ignore[reportAttributeAccessIssue]  # as LLM above
 
-                res = llm.generate([{"prompt_token_ids": p} for p in req["prompts"]],
-                                   SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False), use_tqdm=False)
+                assert llm is not None, "score before init"
+                res = llm.generate(
+                    [{"prompt_token_ids": p} for p in req["prompts"]],
+                    SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False),
+                    use_tqdm=False,
+                )
                 scores = []
-                for r, p, (a, b) in zip(res, req["prompts"], req["spans"]):
+                for r, p, (a, b) in zip(res, req["prompts"], req["spans"], strict=False):
                     scores.append([sum(r.prompt_logprobs[i][p[i]].logprob for i in range(a, b)), b - a])
                 out = {"scores": scores}
             else:
