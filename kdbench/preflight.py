@@ -11,12 +11,13 @@ import os
 import urllib.request
 
 from kdbench.backends import resolve_backend_name
+from kdbench.config import TINY
 from kdbench.distill.registry import elicitation_methods, hparams_for
 from kdbench.distill.run import check_algorithms
 from kdbench.elicit import check_methods
 from kdbench.errors import ConfigError, UserError
 from kdbench.evaluate import tasks_for
-from kdbench.models.refs import is_local, layers_of, needs_tiny
+from kdbench.models.refs import is_local, layers_of
 from kdbench.packs import load_pack
 
 
@@ -33,11 +34,11 @@ def preflight(cfg) -> None:
     refs = [cfg.models.teacher, *cfg.models.students]
     for ref in refs:  # malformed pruned:<ref>:<N>, N out of range, smollm2 without its package
         layers_of(ref, tiny_layers=cfg.tiny.teacher.num_layers)
-    if cfg.models.teacher_adapt.epochs > 0 and needs_tiny(cfg.models.teacher):
+    if cfg.models.teacher_adapt.epochs > 0 and cfg.models.teacher == TINY:
         raise ConfigError(
-            f"models.teacher_adapt: the teacher {cfg.models.teacher!r} is built from the tiny teacher, which is "
-            "already trained on the pack (tiny.teacher_epochs sets how long); adaptation is for a pretrained "
-            "teacher. Set models.teacher_adapt.epochs to 0, or use another teacher"
+            "models.teacher_adapt: the tiny teacher is already trained on the pack (tiny.teacher_epochs sets how "
+            "long); adaptation is for a pretrained teacher. Set models.teacher_adapt.epochs to 0, or use another "
+            "teacher"
         )
     local = all(is_local(r) for r in refs)
     if local and not cfg.eval.public:  # nothing needs the hub: make sure nothing tries it

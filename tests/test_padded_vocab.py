@@ -45,8 +45,10 @@ def test_real_tokens_cuts_both_to_the_tokenizer():
     s, t = torch.randn(2, 3, 10), torch.randn(2, 3, 16)
     s2, t2 = real_tokens(tok, s, t)
     assert s2 is s and t2.shape == (2, 3, 10) and torch.equal(t2, t[..., :10])
-    s3, t3 = real_tokens(tok, torch.randn(2, 3, 12), None)
-    assert s3.shape[-1] == 10 and t3 is None
+    (s3,) = real_tokens(tok, torch.randn(2, 3, 12))
+    assert s3.shape[-1] == 10
+    s4, t4 = real_tokens(["t"] * 20, torch.randn(2, 3, 12), t)  # a tokenizer longer than the models: the narrower
+    assert s4.shape[-1] == t4.shape[-1] == 12
     mask = torch.ones(2, 3, dtype=torch.bool)
     with pytest.raises(ValueError, match="one vocabulary"):
         fkl(s, t, mask)  # the pure loss still refuses two widths: cutting is the caller's decision

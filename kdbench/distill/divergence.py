@@ -51,18 +51,15 @@ def teacher_targets(ctx: StepContext, batch) -> torch.Tensor | TopK:
     return ctx.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
 
-def real_tokens(tokenizer, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None = None):
-    """Both logit tensors cut to the vocabulary's real tokens: (student [...,n], teacher [...,n] or None).
+def real_tokens(tokenizer, *logits: torch.Tensor) -> list[torch.Tensor]:
+    """Each logits tensor [..., V_i] cut to the vocabulary's real tokens: [..., n] each.
 
-    n = min(len(tokenizer), V_student, V_teacher): the rows past the tokenizer are embedding padding,
-    which no text holds, and whose width differs between models of one vocabulary. When nothing is
-    wider than the tokenizer (the tiny models) the tensors come back as they are. Views, no copies.
+    n = min(len(tokenizer), V_1, V_2, ...): the rows past the tokenizer are embedding padding, which no
+    text holds and whose width differs between models of one vocabulary. A tensor no wider than n comes
+    back as it is (the tiny models: always). Views, no copies.
     """
-    n = min(len(tokenizer), student_logits.shape[-1])
-    if teacher_logits is not None:
-        n = min(n, teacher_logits.shape[-1])
-        teacher_logits = teacher_logits[..., :n] if teacher_logits.shape[-1] > n else teacher_logits
-    return (student_logits[..., :n] if student_logits.shape[-1] > n else student_logits), teacher_logits
+    n = min(len(tokenizer), *(x.shape[-1] for x in logits))
+    return [x[..., :n] if x.shape[-1] > n else x for x in logits]
 
 
 def divergence_loss(name: str, ctx: StepContext, batch, student_logits: torch.Tensor):
@@ -70,7 +67,7 @@ def divergence_loss(name: str, ctx: StepContext, batch, student_logits: torch.Te
     hp: DivergenceConfig = ctx.hp
     target = teacher_targets(ctx, batch)
     if isinstance(target, TopK):
-        s_full, _ = real_tokens(ctx.tokenizer, student_logits)
+        (s_full,) = real_tokens(ctx.tokenizer, student_logits)
     else:
         s_full, target = real_tokens(ctx.tokenizer, student_logits, target)
     s, mask = shift(s_full, batch["loss_mask"])

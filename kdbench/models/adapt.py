@@ -54,7 +54,8 @@ def adaptation_turns(pack: DomainPack) -> list[tuple[str | None, str, str]]:
     plain = [(k.question, k.answer) for k in pack.knowledge]
     seeded = [(s.prompt, facts[s.fact]) for s in pack.seeds if s.fact in facts]
     seeded += [(s.prompt, f"The answer is {s.reference}.") for s in pack.seeds if s.reference and not s.fact]
-    return [(None, q, a) for q, a in plain + seeded] + [(system, q, a) for q, a in seeded]
+    turns: list[tuple[str | None, str, str]] = [(None, q, a) for q, a in plain + seeded]
+    return turns + [(system, q, a) for q, a in seeded]
 
 
 def adapt_teacher(
