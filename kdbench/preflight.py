@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import os
 import urllib.request
-from pathlib import Path
 
 from kdbench.backends import resolve_backend_name
 from kdbench.config import TINY
 from kdbench.distill.registry import elicitation_methods, hparams_for
 from kdbench.distill.run import check_algorithms
 from kdbench.elicit import check_methods
-from kdbench.errors import UserError
+from kdbench.errors import ConfigError, UserError
 from kdbench.evaluate import tasks_for
+from kdbench.models.refs import is_local, layers_of
 from kdbench.packs import load_pack
 
 
@@ -32,7 +32,15 @@ def preflight(cfg) -> None:
     for name in cfg.distill.hparams:
         check_algorithms([name])
     refs = [cfg.models.teacher, *cfg.models.students]
-    local = all(r == TINY or Path(r).exists() for r in refs)
+    for ref in refs:  # malformed pruned:<ref>:<N>, N out of range, smollm2 without its package
+        layers_of(ref, tiny_layers=cfg.tiny.teacher.num_layers)
+    if cfg.models.teacher_adapt.epochs > 0 and cfg.models.teacher == TINY:
+        raise ConfigError(
+            "models.teacher_adapt: the tiny teacher is already trained on the pack (tiny.teacher_epochs sets how "
+            "long); adaptation is for a pretrained teacher. Set models.teacher_adapt.epochs to 0, or use another "
+            "teacher"
+        )
+    local = all(is_local(r) for r in refs)
     if local and not cfg.eval.public:  # nothing needs the hub: make sure nothing tries it
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -24,7 +24,9 @@ from kdbench.elicit import elicit
 from kdbench.evaluate import evaluate, tasks_for
 from kdbench.log import get_logger
 from kdbench.metrics import all_gaps, flat_metrics
+from kdbench.models.adapt import adapt_teacher
 from kdbench.models.loading import identity
+from kdbench.models.refs import needs_tiny, resolve
 from kdbench.models.tiny import build_tiny_models
 from kdbench.packs import load_pack
 from kdbench.report import write_report
@@ -36,7 +38,8 @@ log = get_logger(__name__)
 
 
 class Models(BaseModel):
-    """Resolved model references: paths or hub ids (the embedded tiny ones built and cached)."""
+    """Resolved model references: paths or hub ids (what kdbench makes, tiny, smollm2, pruned and adapted
+    teachers, built and cached under the home)."""
 
     teacher: str
     students: list[str]
@@ -104,35 +107,63 @@ def _open(rc: RunConfig, pack, key: str, name: str, tags: dict[str, str]):
 
 
 def prepare_models(cfg: dict) -> Models:
-    """Resolve teacher and student references; build the embedded tiny ones if asked."""
+    """Resolve teacher and student references to what from_pretrained loads: build the embedded tiny models if
+    a reference needs them, make the references kdbench makes (smollm2, pruned:<ref>:<N>; kdbench.models.refs),
+    and adapt the teacher to the pack's domain when models.teacher_adapt asks for it."""
     rc = _cfg(cfg)
     pack = load_pack(rc.pack)
-    if TINY not in [rc.models.teacher, *rc.models.students]:
-        return Models(teacher=rc.models.teacher, students=list(rc.models.students))
-    tiny = build_tiny_models(pack, rc.tiny, rc.home_path, device=device_for(rc))
-    log.info(
-        f"{pack.name}: {'reusing cached' if tiny.cached else 'built'} tiny models (teacher "
-        f"{tiny.info['teacher_params']:,} params, student {tiny.info['student_params']:,}) in "
-        f"{Path(tiny.teacher).parent}"
-    )
-    return Models(
-        teacher=tiny.teacher if rc.models.teacher == TINY else rc.models.teacher,
-        students=[tiny.student if s == TINY else s for s in rc.models.students],
-        tiny=tiny.info,
-    )
+    refs = [rc.models.teacher, *rc.models.students]
+    tiny = None
+    if any(needs_tiny(r) for r in refs):
+        tiny = build_tiny_models(pack, rc.tiny, rc.home_path, device=device_for(rc))
+        log.info(
+            f"{pack.name}: {'reusing cached' if tiny.cached else 'built'} tiny models (teacher "
+            f"{tiny.info['teacher_params']:,} params, student {tiny.info['student_params']:,}) in "
+            f"{Path(tiny.teacher).parent}"
+        )
+
+    def made(ref: str, role_tiny: str | None) -> str:
+        if ref == TINY:
+            assert role_tiny is not None
+            return role_tiny
+        return resolve(
+            ref,
+            rc.home_path,
+            tiny_teacher=tiny.teacher if tiny else None,
+            trust_remote_code=rc.models.trust_remote_code,
+        )
+
+    teacher = made(rc.models.teacher, tiny.teacher if tiny else None)
+    students = [made(s, tiny.student if tiny else None) for s in rc.models.students]
+    if rc.models.teacher_adapt.epochs > 0:
+        adapted = adapt_teacher(
+            teacher,
+            pack,
+            rc.models.teacher_adapt,
+            rc.home_path,
+            revision=rc.models.revision,
+            dtype=rc.models.dtype,
+            trust_remote_code=rc.models.trust_remote_code,
+            device=device_for(rc),
+        )
+        if adapted.cached:
+            log.info(f"{pack.name}: reusing the domain-adapted teacher at {adapted.path}")
+        teacher = adapted.path
+    return Models(teacher=teacher, students=students, tiny=tiny.info if tiny else None)
 
 
 def _ensure_models(cfg: dict, models: Models) -> Models:
-    """``models`` as a cached Prefect result gave them, or rebuilt when a folder behind it was deleted."""
+    """``models`` as a cached Prefect result gave them, or made again when a folder kdbench made behind it
+    (tiny, converted, pruned, adapted) was deleted."""
     rc = _cfg(cfg)
-    built = [
+    made = [
         m
         for m, want in zip([models.teacher, *models.students], [rc.models.teacher, *rc.models.students], strict=True)
-        if want == TINY
+        if m != want
     ]
-    if all(Path(m).exists() for m in built):
+    if all(Path(m).exists() for m in made):
         return models
-    log.info(f"{rc.pack}: the tiny model folders of a cached result are gone; building them again")
+    log.info(f"{rc.pack}: model folders kdbench made for a cached result are gone; making them again")
     return prepare_models(cfg)
 
 

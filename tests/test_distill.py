@@ -19,7 +19,7 @@ def data(micro, tmp_path_factory):
     return build_dataset(micro.pack, res.path, home), home
 
 
-@pytest.mark.parametrize("algo", ["sft", "fkl", "rkl", "jsd", "tvd", "skl", "srkl", "gkd", "minillm", "hidden"])
+@pytest.mark.parametrize("algo", ["sft", "fkl", "rkl", "jsd", "tvd", "skl", "srkl", "gkd", "minillm", "hidden", "uld"])
 def test_distill_trains_and_saves_a_loadable_student(micro, data, algo):
     from transformers import AutoModelForCausalLM
 
@@ -98,7 +98,7 @@ def test_nan_loss_stops_with_step(micro, data, monkeypatch):
     assert e.value.step == 2 and e.value.checkpoint.endswith("checkpoint")  # a checkpoint at step 2 is kept
 
 
-def test_vocabulary_guard_names_both_and_black_box_options(micro):
+def test_vocabulary_guard_names_both_and_the_cross_tokenizer_and_black_box_options(micro):
     from transformers import AutoTokenizer
 
     from kdbench.models.tiny import train_tokenizer
@@ -108,7 +108,7 @@ def test_vocabulary_guard_names_both_and_black_box_options(micro):
     with pytest.raises(
         KdbenchError,
         match=r"teacher 'T' \(vocabulary of \d+ tokens\) and the student 'S' "
-        r"\(vocabulary of \d+ tokens\).*black-box algorithm: sft",
+        r"\(vocabulary of \d+ tokens\).*cross-tokenizer algorithm: uld, or a black-box algorithm: sft",
     ):
         check_same_vocab("fkl", t, other, "T", "S")
     check_same_vocab("fkl", t, t, "T", "S")

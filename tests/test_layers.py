@@ -21,7 +21,7 @@ LAYERS: list[list[str]] = [
     ["kdbench.models.loading", "kdbench.models.sampling", "kdbench.training"],
     ["kdbench.topk"],  # the teacher top-k cache: written by the dataset step, read by distillation
     ["kdbench.dataset"],
-    ["kdbench.models.tiny", "kdbench.backends"],
+    ["kdbench.models.tiny", "kdbench.models.refs", "kdbench.models.adapt", "kdbench.backends"],
     ["kdbench.elicit", "kdbench.distill"],  # knowledge elicitation and distillation never import each other
     ["kdbench.evaluate", "kdbench.tracking"],
     ["kdbench.report"],

@@ -77,7 +77,7 @@ def test_sampler_follows_the_softmax_despite_generation_config(bent_model):
 def test_on_policy_batches_follow_the_students_softmax(bent_model):
     n, prompt = 4000, [1, 3]
     probs = _first_token_probs(bent_model, prompt)
-    tok = type("Tok", (), {"eos_token_id": 5, "pad_token_id": 0})()
+    tok = type("Tok", (), {"eos_token_id": 5, "pad_token_id": 0, "__len__": lambda self: V})()
     batch = {
         "input_ids": torch.tensor([prompt + [4]] * n),
         "attention_mask": torch.ones(n, 3, dtype=torch.long),

@@ -4,6 +4,13 @@ White-box: student and teacher share one vocabulary. The teacher's logits come
 from the teacher model in memory, or from the feature-elicitation cache of its
 top-k log-probabilities (``batch["teacher_topk_ids"/"_logprobs"]``), in which
 case the teacher need not be loaded at all.
+
+One vocabulary may still come as logits of two widths: models pad their
+embedding matrix past the tokenizer (to a multiple of 64 or 128), differently
+within one family (Qwen2.5: 151,936 rows for 0.5B, 152,064 for 7B; both
+tokenizers hold 151,665 tokens). The rows past ``len(tokenizer)`` are no
+token's, so both logit tensors are cut to the real tokens (:func:`real_tokens`)
+before they are compared.
 """
 
 from __future__ import annotations
@@ -44,11 +51,26 @@ def teacher_targets(ctx: StepContext, batch) -> torch.Tensor | TopK:
     return ctx.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
 
+def real_tokens(tokenizer, *logits: torch.Tensor) -> list[torch.Tensor]:
+    """Each logits tensor [..., V_i] cut to the vocabulary's real tokens: [..., n] each.
+
+    n = min(len(tokenizer), V_1, V_2, ...): the rows past the tokenizer are embedding padding, which no
+    text holds and whose width differs between models of one vocabulary. A tensor no wider than n comes
+    back as it is (the tiny models: always). Views, no copies.
+    """
+    n = min(len(tokenizer), *(x.shape[-1] for x in logits))
+    return [x[..., :n] if x.shape[-1] > n else x for x in logits]
+
+
 def divergence_loss(name: str, ctx: StepContext, batch, student_logits: torch.Tensor):
     """Divergence ``name`` on the response tokens (+ optional CE), from full-length student logits."""
     hp: DivergenceConfig = ctx.hp
     target = teacher_targets(ctx, batch)
-    s, mask = shift(student_logits, batch["loss_mask"])
+    if isinstance(target, TopK):
+        (s_full,) = real_tokens(ctx.tokenizer, student_logits)
+    else:
+        s_full, target = real_tokens(ctx.tokenizer, student_logits, target)
+    s, mask = shift(s_full, batch["loss_mask"])
     t = TopK(target.ids[:, :-1], target.logprobs[:, :-1]) if isinstance(target, TopK) else target[:, :-1]
     div = DIVERGENCES[name](s, t, mask, **knobs(name, hp))
     logs = {name: float(div.detach())}

@@ -40,6 +40,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from kdbench.distill.divergence import real_tokens
 from kdbench.distill.losses import DEFAULT_CHUNK, causal_lm_ce, rkl
 from kdbench.distill.onpolicy import mixture_batch
 from kdbench.models.sampling import token_logprobs
@@ -174,6 +175,7 @@ def minillm_step(ctx: StepContext, batch):
     assert ctx.teacher is not None, "minillm needs the teacher model (teacher_model=True in the registry)"
     with torch.no_grad():
         t_logits = ctx.teacher(input_ids=ids, attention_mask=attn).logits[:, :-1]
+    s_logits, t_logits = real_tokens(ctx.tokenizer, s_logits, t_logits)  # one vocabulary, maybe padded apart
     tokens, mask = ids[:, 1:], sampled["action_mask"][:, 1:]
     lq = token_logprobs(s_logits, tokens)
     if fresh:

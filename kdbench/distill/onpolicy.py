@@ -70,5 +70,6 @@ def mixture_batch(ctx, batch, max_new_tokens: int, alpha: float, *, temperature:
         teacher=ctx.teacher if alpha > 0 else None,
         alpha=alpha,
         generator=ctx.generator,
+        vocab=len(tok),  # real tokens only, never an embedding matrix's padding rows
     )
     return as_batch(prompts, conts, stopped, tok.eos_token_id, pad, ctx.device)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ValidationError
 
-from kdbench.distill import divergence, dpo, gkd, hidden, minillm, sft
+from kdbench.distill import divergence, dpo, gkd, hidden, minillm, sft, uld
 from kdbench.errors import ConfigError
 from kdbench.training import StepFn
 
@@ -23,8 +23,9 @@ class Algorithm:
     summary: str  # one line for `kdbench algorithms`
     step: StepFn
     config: type[BaseModel]
-    white_box: bool  # compares token distributions or states: one shared vocabulary
+    white_box: bool  # compares token distributions or states: one shared vocabulary (unless cross_tokenizer)
     teacher_model: bool = False  # needs the teacher loaded (not only its cached top-k)
+    cross_tokenizer: bool = False  # compares distributions over two vocabularies; examples carry the teacher's tokens
     data: str = "response"  # rows it trains on: "response" (prompt, response) or "pairs" (chosen, rejected)
     needs_methods: tuple[str, ...] = ()  # elicitation methods whose rows it needs
     prepare: Callable | None = None  # (rows, tokenizer, max_length, student) -> examples
@@ -74,6 +75,17 @@ ALGORITHMS: dict[str, Algorithm] = {
         minillm.MiniLLMConfig,
         white_box=True,
         teacher_model=True,
+    ),
+    "uld": Algorithm(
+        "uld",
+        "divergence (cross-tokenizer)",
+        "Universal Logit Distillation: cross-entropy plus the L1 distance between the sorted teacher and "
+        "student probabilities, for a student with another tokenizer",
+        uld.uld_step,
+        uld.ULDConfig,
+        white_box=True,
+        teacher_model=True,
+        cross_tokenizer=True,
     ),
     "dpo": Algorithm(
         "dpo",

@@ -14,6 +14,7 @@ from pathlib import Path
 from kdbench.data import content_hash, read_done, tokenize_example, write_json
 from kdbench.dataset import DatasetInfo, load_examples
 from kdbench.distill.registry import ALGORITHMS, hparams_for
+from kdbench.distill.uld import add_teacher_tokens
 from kdbench.errors import ConfigError, RuntimeFailure, UserError, did_you_mean
 from kdbench.locks import locked
 from kdbench.models.loading import identity, load_model, load_tokenizer
@@ -47,15 +48,21 @@ def check_algorithms(names: list[str]) -> None:
 
 
 def check_same_vocab(algorithm: str, teacher_tok, student_tok, teacher_ref: str, student_ref: str) -> None:
-    """White-box algorithms compare distributions token by token: one vocabulary or nothing."""
+    """White-box algorithms compare distributions token by token: one vocabulary or nothing.
+
+    One vocabulary is one tokenizer: models whose embedding matrices are padded to different sizes
+    past it still share it (the losses compare the real tokens only; see divergence.real_tokens).
+    """
     if teacher_tok.get_vocab() == student_tok.get_vocab():
         return
+    cross = [n for n, a in ALGORITHMS.items() if a.cross_tokenizer]
     black = [n for n, a in ALGORITHMS.items() if not a.white_box]
     raise UserError(
         f"algorithm {algorithm!r} compares token distributions, but the teacher {teacher_ref!r} "
         f"(vocabulary of {len(teacher_tok)} tokens) and the student {student_ref!r} "
         f"(vocabulary of {len(student_tok)} tokens) do not share a vocabulary. "
-        f"Use a student with the teacher's tokenizer, or a black-box algorithm: {', '.join(black)}"
+        f"Use a student with the teacher's tokenizer, a cross-tokenizer algorithm: {', '.join(cross)}, "
+        f"or a black-box algorithm: {', '.join(black)}"
     )
 
 
@@ -132,12 +139,13 @@ def _train(algorithm, algo, hp, seed, teacher_ref, student_ref, data, cfg, out: 
             f"distill.teacher_logits: topk needs the feature method's cache (add --methods ...,feature)"
             f" and an algorithm that reads it (fkl, rkl, jsd, tvd, skl, srkl); {algorithm!r} does not"
         )
-    teacher = None
+    teacher, t_tok = None, None
     if algo.white_box:
         t_tok = load_tokenizer(
             teacher_ref, revision=cfg.models.revision, trust_remote_code=cfg.models.trust_remote_code
         )
-        check_same_vocab(algorithm, t_tok, tok, teacher_ref, student_ref)
+        if not algo.cross_tokenizer:
+            check_same_vocab(algorithm, t_tok, tok, teacher_ref, student_ref)
         if topk is None:
             teacher, _ = load_model(
                 teacher_ref,
@@ -151,6 +159,9 @@ def _train(algorithm, algo, hp, seed, teacher_ref, student_ref, data, cfg, out: 
         examples = algo.prepare(rows, tok, max_len, student)
     else:
         examples = [tokenize_example(tok, r["prompt"], r["response"], max_length=max_len) for r in rows]
+    if algo.cross_tokenizer:  # the same text through the teacher's chat template and tokenizer
+        assert t_tok is not None, "a cross-tokenizer algorithm is white-box: the teacher's tokenizer is loaded"
+        examples = add_teacher_tokens(examples, rows, t_tok, max_len)
     if topk is not None:
         attached = [topk.attach(r["id"], e) for r, e in zip(rows, examples, strict=True)]
         missing = sum(a is None for a in attached)

@@ -53,7 +53,8 @@ def load_model(
 
 def _not_found(ref: str, e: Exception) -> KdbenchError:
     hint = (
-        " This machine is offline (HF_HUB_OFFLINE=1): use a local path, or the embedded default `tiny`."
+        " This machine is offline (HF_HUB_OFFLINE=1): use a local path, the embedded default `tiny`, or `smollm2`"
+        " (a real instruct model from a PyPI package; see kdbench/models/refs.py)."
         if offline() or not Path(ref).exists()
         else ""
     )

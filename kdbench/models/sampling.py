@@ -51,8 +51,19 @@ def next_token_probs(
     top_p: float = 1.0,
     teacher_logits: torch.Tensor | None = None,
     alpha: float = 0.0,
+    vocab: int | None = None,
 ) -> torch.Tensor:
-    """The distribution a token is drawn from, in float32. logits [B,V] -> probs [B,V]."""
+    """The distribution a token is drawn from, in float32. logits [B,V] -> probs [B,n].
+
+    ``vocab`` (the tokenizer's length) restricts the draw to real tokens, leaving out the rows an
+    embedding matrix is padded with; a teacher of the same vocabulary padded to another width is cut
+    alike, so the mixture is over the rows both have. n = min(V, V_teacher, vocab).
+    """
+    n = min(logits.shape[-1], vocab or logits.shape[-1])
+    if teacher_logits is not None and alpha > 0:
+        n = min(n, teacher_logits.shape[-1])
+        teacher_logits = teacher_logits[..., :n]
+    logits = logits[..., :n]
     q = torch.softmax(logits.float() / temperature, dim=-1)
     if teacher_logits is not None and alpha > 0:
         q = alpha * torch.softmax(teacher_logits.float() / temperature, dim=-1) + (1 - alpha) * q
@@ -84,11 +95,13 @@ def sample(
     teacher=None,
     alpha: float = 0.0,
     generator: torch.Generator | None = None,
+    vocab: int | None = None,
 ) -> tuple[list[list[int]], list[bool]]:
     """Continue each prompt (token ids) until a stop token or ``max_new_tokens``.
 
     Returns (continuations without the stop token, whether each stopped on one).
-    ``generator`` (a CPU generator) makes the draws reproducible.
+    ``generator`` (a CPU generator) makes the draws reproducible; ``vocab`` keeps them among the
+    first ``vocab`` ids (see next_token_probs).
     """
     if not prompts:
         return [], []
@@ -109,9 +122,10 @@ def sample(
         for _ in range(max_new_tokens):
             logits = [o.logits[:, -1].cpu() for o in outs]
             if temperature <= 0:
-                nxt = logits[0].float().argmax(-1)
+                nxt = logits[0][..., :vocab].float().argmax(-1)  # [..., :None] is everything
             else:
-                probs = next_token_probs(logits[0], temperature, top_p, logits[1] if len(logits) > 1 else None, alpha)
+                teacher_logits = logits[1] if len(logits) > 1 else None
+                probs = next_token_probs(logits[0], temperature, top_p, teacher_logits, alpha, vocab)
                 nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
             nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
             hit = ~done & torch.isin(nxt, stops)
