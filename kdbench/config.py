@@ -182,6 +182,9 @@ class TrainConfig(_Strict):
     """LoRA rank"""
     lora_alpha: int = 32
     """LoRA scaling"""
+    fused: bool = True
+    """compute logits, loss and gradients from the final hidden states one chunk of positions at a time, never
+    holding [batch, length, vocabulary] logits (kdbench/distill/fused.py); false: the models' full logits"""
 
 
 class DistillConfig(_Strict):

@@ -42,6 +42,7 @@ class StepContext:
     device: torch.device
     step: int = 0
     generator: torch.Generator | None = None
+    fused: bool = False  # compute losses from hidden states chunk by chunk (kdbench.distill.fused), not logits
     extra: dict = field(default_factory=dict)  # algorithm-owned state (e.g. a projection head)
 
 
@@ -219,6 +220,7 @@ def train(
         device=dev,
         generator=torch.Generator().manual_seed(seed),
         extra=extra,
+        fused=bool(getattr(cfg, "fused", False)),
     )
     order = _batch_order([len(e["input_ids"]) for e in examples], cfg.batch_size, total, seed)
     pad = pad_id(tokenizer)

@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from kdbench.distill.losses import DEFAULT_CHUNK, DIVERGENCES, TopK, causal_lm_ce, shift
+from kdbench.distill.fused import Head, Output, cross_entropy_of, cut_vocab, divergence_of, output_of, shifted, width
+from kdbench.distill.losses import DEFAULT_CHUNK, TopK
 from kdbench.training import StepContext
 
 
@@ -41,14 +42,16 @@ def knobs(name: str, hp: DivergenceConfig) -> dict:
 
 
 @torch.no_grad()
-def teacher_targets(ctx: StepContext, batch) -> torch.Tensor | TopK:
-    """Teacher next-token distributions for the batch: cached top-k or a forward pass."""
+def teacher_targets(ctx: StepContext, batch, fused: bool) -> Output | TopK:
+    """Teacher next-token distributions for the batch: cached top-k, or a forward pass (its head when the
+    student's loss is fused, so the teacher's logits too exist one chunk at a time)."""
     if "teacher_topk_ids" in batch:
         return TopK(batch["teacher_topk_ids"], batch["teacher_topk_logprobs"])
-    if "_teacher_logits" in batch:  # already computed by the caller (e.g. hidden)
-        return batch["_teacher_logits"]
+    if "_teacher_output" in batch:  # already computed by the caller (e.g. hidden)
+        return batch["_teacher_output"]
     assert ctx.teacher is not None, "no cached top-k for this batch and no teacher model loaded"
-    return ctx.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    out, _ = output_of(ctx.teacher, batch["input_ids"], batch["attention_mask"], fused=fused)
+    return out
 
 
 def real_tokens(tokenizer, *logits: torch.Tensor) -> list[torch.Tensor]:
@@ -62,20 +65,21 @@ def real_tokens(tokenizer, *logits: torch.Tensor) -> list[torch.Tensor]:
     return [x[..., :n] if x.shape[-1] > n else x for x in logits]
 
 
-def divergence_loss(name: str, ctx: StepContext, batch, student_logits: torch.Tensor):
-    """Divergence ``name`` on the response tokens (+ optional CE), from full-length student logits."""
+def divergence_loss(name: str, ctx: StepContext, batch, student: Output):
+    """Divergence ``name`` on the response tokens (+ optional CE), from the student's full-length logits or,
+    fused, its head (kdbench.distill.fused)."""
     hp: DivergenceConfig = ctx.hp
-    target = teacher_targets(ctx, batch)
-    if isinstance(target, TopK):
-        (s_full,) = real_tokens(ctx.tokenizer, student_logits)
-    else:
-        s_full, target = real_tokens(ctx.tokenizer, student_logits, target)
-    s, mask = shift(s_full, batch["loss_mask"])
-    t = TopK(target.ids[:, :-1], target.logprobs[:, :-1]) if isinstance(target, TopK) else target[:, :-1]
-    div = DIVERGENCES[name](s, t, mask, **knobs(name, hp))
+    target = teacher_targets(ctx, batch, fused=isinstance(student, Head))
+    n = len(ctx.tokenizer) if isinstance(target, TopK) else min(len(ctx.tokenizer), width(student), width(target))
+    s_full = cut_vocab(student, n)
+    if not isinstance(target, TopK):
+        target = cut_vocab(target, n)
+    mask = batch["loss_mask"][:, 1:]
+    t = TopK(target.ids[:, :-1], target.logprobs[:, :-1]) if isinstance(target, TopK) else shifted(target)
+    div = divergence_of(name, shifted(s_full), t, mask, **knobs(name, hp))
     logs = {name: float(div.detach())}
     if hp.ce_weight:
-        ce = causal_lm_ce(student_logits, batch["input_ids"], batch["loss_mask"])
+        ce = cross_entropy_of(student, batch["input_ids"], batch["loss_mask"])
         logs["ce"] = float(ce.detach())
         return div + hp.ce_weight * ce, logs
     return div, logs
@@ -85,8 +89,8 @@ def make_step(name: str):
     """The training step of divergence ``name`` (one of losses.DIVERGENCES)."""
 
     def step(ctx: StepContext, batch):
-        logits = ctx.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return divergence_loss(name, ctx, batch, logits)
+        student, _ = output_of(ctx.student, batch["input_ids"], batch["attention_mask"], fused=ctx.fused)
+        return divergence_loss(name, ctx, batch, student)
 
     step.__name__ = f"{name}_step"
     return step

@@ -30,7 +30,21 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from kdbench.distill.losses import TopK, _chunk, _teacher_rows
+from kdbench.distill.losses import (
+    DEFAULT_CHUNK,
+    DIVERGENCES,
+    TopK,
+    _chunk,
+    _teacher_rows,
+    fkl_terms,
+    jsd_terms,
+    rkl_terms,
+    skl_terms,
+    srkl_terms,
+    tvd_terms,
+)
+from kdbench.models.sampling import token_logprobs
+from kdbench.training import causal_lm_ce
 
 CHUNK_BYTES = 64 * 2**20  # float32 logits per chunk: 64 MiB (about 340 positions at V = 49,152)
 
@@ -203,3 +217,146 @@ def fused_cross_entropy(
     targets = input_ids[:, 1:].reshape(-1).index_select(0, flat)
     chunk = chunk_size or auto_chunk(student.weight.shape[0])
     return _FusedCrossEntropy.apply(hidden, student.weight, student.bias, targets, chunk)
+
+
+class _FusedTokenLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, tokens, chunk):
+        # hidden [n,H], tokens [n] -> log softmax(hidden @ W.T + b)[token] [n]; logits are recomputed in backward
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk):
+            sl = slice(start, start + chunk)
+            logits = _logits(hidden[sl], weight, bias)
+            out[sl] = logits.gather(-1, tokens[sl, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+        ctx.save_for_backward(hidden, weight, bias, tokens)
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, bias, tokens = ctx.saved_tensors
+        g_hidden = torch.empty_like(hidden)
+        g_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        g_bias = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if bias is not None else None
+        for start in range(0, hidden.shape[0], ctx.chunk):
+            sl = slice(start, start + ctx.chunk)
+            logits = _logits(hidden[sl], weight, bias)
+            g = torch.softmax(logits, dim=-1).neg_()  # d log q(y) / d logits = onehot(y) - softmax
+            g[torch.arange(g.shape[0], device=g.device), tokens[sl]] += 1.0
+            g.mul_(grad_out[sl].float()[:, None])
+            g_hidden[sl] = (g @ weight.float()).to(g_hidden.dtype)
+            g_weight.addmm_(g.T, hidden[sl].float())
+            if g_bias is not None:
+                g_bias += g.sum(0)
+        gb = None if g_bias is None or bias is None else g_bias.to(bias.dtype)
+        return g_hidden, g_weight.to(weight.dtype), gb, None, None
+
+
+def fused_token_logprobs(student: Head, tokens: torch.Tensor, *, chunk_size: int | None = None) -> torch.Tensor:
+    """log softmax(logits)[tokens] from hidden states: hidden [B,T,H], tokens [B,T] -> [B,T] float32.
+
+    The backward pass recomputes each chunk's logits instead of keeping them (one more matmul, no [B,T,V]).
+    """
+    B, T, H = student.hidden.shape
+    chunk = chunk_size or auto_chunk(student.weight.shape[0])
+    out = _FusedTokenLogprobs.apply(
+        student.hidden.reshape(B * T, H), student.weight, student.bias, tokens.reshape(-1), chunk
+    )
+    return out.reshape(B, T)
+
+
+# ---- what algorithms call: logits or a Head, whichever the step computed ---------------------------
+
+Output = torch.Tensor | Head  # logits [B,T,V], or the head to compute them from
+
+
+def output_of(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, fused: bool, hidden_states: bool = False
+):
+    """(logits or Head, the model's output object) for a forward pass of ``model`` (hidden_states: keep
+    every layer's hidden states in the output, as hidden needs).
+
+    Fused: the model computes the logits of the last position only (``logits_to_keep=1``) and the
+    loss works from its final hidden states (``hidden_states[-1]``, after the final norm) and output
+    projection. The call still goes through ``model`` itself (an accelerate/DDP wrapper keeps
+    synchronising gradients). Models whose logits are not a plain projection of the last hidden state
+    (final logit soft-capping, a logit scale) and models without ``logits_to_keep`` get full logits.
+    """
+    base = getattr(model, "module", model)
+    if fused and supports_fused(base):
+        out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1, output_hidden_states=True)
+        head = base.get_output_embeddings()
+        return Head(out.hidden_states[-1], head.weight, head.bias), out
+    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden_states)
+    return out.logits, out
+
+
+def supports_fused(model) -> bool:
+    """Whether ``model``'s logits are its output projection of ``hidden_states[-1]`` and it can skip them."""
+    import inspect
+
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft (LoRA) wrapper
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, torch.nn.Linear):
+        return False
+    cfg = getattr(model, "config", None)
+    text = cfg.get_text_config() if cfg is not None and hasattr(cfg, "get_text_config") else cfg
+    if getattr(text, "final_logit_softcapping", None) or getattr(text, "logit_scale", None) not in (None, 1, 1.0):
+        return False
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def shifted(x: Output) -> Output:
+    """Drop the last position (it predicts past the sequence): [B,T,...] -> [B,T-1,...]."""
+    return Head(x.hidden[:, :-1], x.weight, x.bias) if isinstance(x, Head) else x[:, :-1]
+
+
+def cut_vocab(x: Output, n: int) -> Output:
+    """Only the first n vocabulary rows (the tokenizer's real tokens; the rest is embedding padding)."""
+    if isinstance(x, Head):
+        if x.weight.shape[0] <= n:
+            return x
+        return Head(x.hidden, x.weight[:n], None if x.bias is None else x.bias[:n])
+    return x[..., :n] if x.shape[-1] > n else x
+
+
+def width(x: Output) -> int:
+    return x.weight.shape[0] if isinstance(x, Head) else x.shape[-1]
+
+
+def divergence_of(
+    name: str,
+    student: Output,
+    teacher,
+    mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = DEFAULT_CHUNK,
+    beta: float = 0.5,
+    alpha: float = 0.1,
+) -> torch.Tensor:
+    """Divergence ``name`` of losses.DIVERGENCES (its knobs beta / alpha), fused when the student is a Head."""
+    if not isinstance(student, Head):
+        knob = {"jsd": {"beta": beta}, "skl": {"alpha": alpha}, "srkl": {"alpha": alpha}}.get(name, {})
+        return DIVERGENCES[name](student, teacher, mask, temperature=temperature, chunk_size=chunk_size, **knob)
+    terms = {
+        "fkl": fkl_terms,
+        "rkl": rkl_terms,
+        "tvd": tvd_terms,
+        "jsd": lambda ls, lt: jsd_terms(ls, lt, beta),
+        "skl": lambda ls, lt: skl_terms(ls, lt, alpha),
+        "srkl": lambda ls, lt: srkl_terms(ls, lt, alpha),
+    }[name]
+    return fused_divergence(terms, student, teacher, mask, temperature=temperature)
+
+
+def cross_entropy_of(student: Output, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy on the masked targets, fused when the student is a Head."""
+    if isinstance(student, Head):
+        return fused_cross_entropy(student, input_ids, loss_mask)
+    return causal_lm_ce(student, input_ids, loss_mask)
+
+
+def token_logprobs_of(student: Output, tokens: torch.Tensor) -> torch.Tensor:
+    """log q(token) per position [B,T], fused when the student is a Head."""
+    return fused_token_logprobs(student, tokens) if isinstance(student, Head) else token_logprobs(student, tokens)

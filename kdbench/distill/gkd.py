@@ -15,6 +15,7 @@ import torch
 from pydantic import Field
 
 from kdbench.distill.divergence import DivergenceConfig, divergence_loss
+from kdbench.distill.fused import output_of
 from kdbench.distill.onpolicy import student_batch
 from kdbench.training import StepContext
 
@@ -34,7 +35,7 @@ def gkd_step(ctx: StepContext, batch):
     on_policy = bool(torch.rand((), generator=ctx.generator) < hp.lmbda)
     if on_policy:
         batch = student_batch(ctx, batch, hp.max_new_tokens, hp.sample_temperature, hp.top_p)
-    logits = ctx.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    loss, logs = divergence_loss(hp.divergence, ctx, batch, logits)
+    student, _ = output_of(ctx.student, batch["input_ids"], batch["attention_mask"], fused=ctx.fused)
+    loss, logs = divergence_loss(hp.divergence, ctx, batch, student)
     logs["on_policy"] = float(on_policy)
     return loss, logs

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from kdbench.distill.divergence import DivergenceConfig, divergence_loss
+from kdbench.distill.fused import Head, output_of
 from kdbench.training import StepContext
 
 
@@ -72,15 +73,14 @@ def feature_loss(s_states, t_states, mask: torch.Tensor, projections, kind: str)
 
 def hidden_step(ctx: StepContext, batch):
     hp: HiddenConfig = ctx.hp
-    out = ctx.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+    ids, attn = batch["input_ids"], batch["attention_mask"]
+    student, out = output_of(ctx.student, ids, attn, fused=ctx.fused, hidden_states=True)
     assert ctx.teacher is not None, "hidden needs the teacher model (teacher_model=True in the registry)"
     with torch.no_grad():
-        t_out = ctx.teacher(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
-        )
+        teacher, t_out = output_of(ctx.teacher, ids, attn, fused=isinstance(student, Head), hidden_states=True)
     mask = batch["loss_mask"]
     feat = feature_loss(out.hidden_states, t_out.hidden_states, mask, ctx.extra["projections"], hp.feature_loss)
-    batch = {**batch, "_teacher_logits": t_out.logits}
-    logit, logs = divergence_loss(hp.logit_divergence, ctx, batch, out.logits)
+    batch = {**batch, "_teacher_output": teacher}
+    logit, logs = divergence_loss(hp.logit_divergence, ctx, batch, student)
     logs["feature"] = float(feat.detach())
     return hp.feature_weight * feat + hp.logit_weight * logit, logs

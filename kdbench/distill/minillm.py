@@ -40,10 +40,18 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from kdbench.distill.divergence import real_tokens
-from kdbench.distill.losses import DEFAULT_CHUNK, causal_lm_ce, rkl
+from kdbench.distill.fused import (
+    Head,
+    cross_entropy_of,
+    cut_vocab,
+    divergence_of,
+    output_of,
+    shifted,
+    token_logprobs_of,
+    width,
+)
+from kdbench.distill.losses import DEFAULT_CHUNK
 from kdbench.distill.onpolicy import mixture_batch
-from kdbench.models.sampling import token_logprobs
 from kdbench.training import StepContext
 
 
@@ -171,15 +179,17 @@ def minillm_step(ctx: StepContext, batch):
         roll = {"batch": mixture_batch(ctx, batch, hp.max_new_tokens, hp.alpha), "uses_left": hp.ppo_epochs}
     sampled = roll["batch"]
     ids, attn = sampled["input_ids"], sampled["attention_mask"]
-    s_logits = ctx.student(input_ids=ids, attention_mask=attn).logits[:, :-1]
+    student, _ = output_of(ctx.student, ids, attn, fused=ctx.fused)
     assert ctx.teacher is not None, "minillm needs the teacher model (teacher_model=True in the registry)"
     with torch.no_grad():
-        t_logits = ctx.teacher(input_ids=ids, attention_mask=attn).logits[:, :-1]
-    s_logits, t_logits = real_tokens(ctx.tokenizer, s_logits, t_logits)  # one vocabulary, maybe padded apart
+        teacher, _ = output_of(ctx.teacher, ids, attn, fused=isinstance(student, Head))
+    n = min(len(ctx.tokenizer), width(student), width(teacher))  # one vocabulary, maybe padded apart
+    s_next, t_next = shifted(cut_vocab(student, n)), shifted(cut_vocab(teacher, n))
     tokens, mask = ids[:, 1:], sampled["action_mask"][:, 1:]
-    lq = token_logprobs(s_logits, tokens)
+    lq = token_logprobs_of(s_next, tokens)
     if fresh:
-        lp = token_logprobs(t_logits, tokens)
+        with torch.no_grad():
+            lp = token_logprobs_of(t_next, tokens)
         roll["old_lq"] = lq.detach()
         roll["w"], roll["adv"] = rollout_stats(lq, lp, mask, hp)
         roll["reward"] = float(((lp - lq.detach()) * mask).sum() / mask.sum().clamp_min(1))
@@ -195,12 +205,12 @@ def minillm_step(ctx: StepContext, batch):
         "fresh_rollout": float(fresh),
     }
     if hp.single_step:
-        single = rkl(s_logits, t_logits, mask, chunk_size=hp.chunk_size)
+        single = divergence_of("rkl", s_next, t_next, mask, chunk_size=hp.chunk_size)
         loss = loss + single
         logs["single_step_rkl"] = float(single.detach())
     if hp.seqkd_weight:
-        logits = ctx.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        ce = causal_lm_ce(logits, batch["input_ids"], batch["loss_mask"])
+        seqkd, _ = output_of(ctx.student, batch["input_ids"], batch["attention_mask"], fused=ctx.fused)
+        ce = cross_entropy_of(seqkd, batch["input_ids"], batch["loss_mask"])
         loss = loss + hp.seqkd_weight * ce
         logs["seqkd_ce"] = float(ce.detach())
     return loss, logs

@@ -85,7 +85,7 @@ def distill_key(algorithm: str, seed: int, teacher_ref: str, student_ref: str, m
         identity(teacher_ref, cfg.models.revision),
         identity(student_ref),
         manifest["data_hash"],
-        cfg.distill.train.model_dump(),
+        cfg.distill.train.model_dump(exclude={"fused"}),  # fused or not: one result
         hp.model_dump(),
         topk,
     )

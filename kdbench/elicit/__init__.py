@@ -89,7 +89,7 @@ def elicit(
     warmup = warmup_config(cfg, student_ref) if sk and student_ref is not None else None
     versions = {m: METHOD_VERSIONS[m] for m in methods if m in METHOD_VERSIONS}
     # parts that are absent add nothing to the key, so caches made before they existed stay valid
-    optional = [p for p in (warmup.model_dump() if warmup else None, versions) if p]
+    optional = [p for p in (warmup.model_dump(exclude={"fused"}) if warmup else None, versions) if p]
     key = content_hash(
         identity(teacher_ref, cfg.models.revision),
         pack.data_hash,

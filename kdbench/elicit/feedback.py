@@ -226,7 +226,7 @@ def _warm_student(ctx):
     prompts = [s.prompt for s in ctx.seeds]
     labels = label_prompts(ctx, prompts, account="self_knowledge-teacher")
     pairs = [(p, a) for p, a in zip(prompts, labels, strict=True) if a.strip()]
-    key = content_hash(ctx.student.identity, ctx.teacher.identity, pairs, tc.model_dump())
+    key = content_hash(ctx.student.identity, ctx.teacher.identity, pairs, tc.model_dump(exclude={"fused"}))
     out = Path(ctx.home) / "students" / f"{ctx.pack.name}-self_knowledge-warmup-{key}"
     with locked(out):
         if read_done(out / "DONE") is None:
