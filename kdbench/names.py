@@ -69,6 +69,14 @@ COSTS = (
     COST_EVAL_SECONDS,
 )
 
+# forgetting: scores on retention tasks outside the pack (other packs' MC tasks, or public lm-eval tasks),
+# logged on student_before and student_after runs as retention.<task>.<metric>; student_after runs also log
+# retention.<task>.<metric>.delta = after - before, and retention.mean_delta over the retention tasks'
+# headline metrics (negative: the student forgot)
+RETENTION_PREFIX = "retention."
+RETENTION_DELTA = "delta"
+RETENTION_MEAN_DELTA = "retention.mean_delta"
+
 # other metrics
 EVAL_SECONDS = "eval.seconds"
 FINAL_LOSS = "train.final_loss"
@@ -83,3 +91,8 @@ def tag(name: str) -> str:
 def metric(task: str, name: str, suffix: str | None = None) -> str:
     """Stable metric names: '<task>.<metric>' and '<task>.<metric>.<suffix>'."""
     return f"{task}.{name}" + (f".{suffix}" if suffix else "")
+
+
+def retention(task: str, name: str, suffix: str | None = None) -> str:
+    """'retention.<task>.<metric>' (and '.<suffix>'): a score on a task outside the pack."""
+    return RETENTION_PREFIX + metric(task, name, suffix)
