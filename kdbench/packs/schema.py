@@ -1,13 +1,13 @@
 """The schema of a domain pack: pack.yaml and the items of its JSONL files.
 
 Unknown keys are errors (``extra="forbid"``) so a typo such as ``promt`` is
-reported instead of silently ignored.
+reported instead of silently ignored. domains/README.md lists every key.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -121,12 +121,33 @@ class MCItem(_Strict):
     answer: int
     fact: str | None = None
 
-    @field_validator("answer")
+    @field_validator("choices")
     @classmethod
-    def _answer_index(cls, v: int, info) -> int:
+    def _distinct_choices(cls, v: list[str]) -> list[str]:
+        """lm-eval scores each choice by its likelihood: an empty one is no choice, and two equal ones tie."""
+        seen: dict[str, int] = {}
+        for i, choice in enumerate(v):
+            norm = " ".join(choice.split()).casefold()
+            if not norm:
+                raise ValueError(f"choice {i} is empty; every choice is a term or a short phrase")
+            if norm in seen:
+                raise ValueError(f"choices {seen[norm]} and {i} are the same ({choice!r}); each choice must differ")
+            seen[norm] = i
+        return v
+
+    @field_validator("answer", mode="before")
+    @classmethod
+    def _answer_index(cls, v: Any, info) -> Any:
         choices = info.data.get("choices")
+        span = f"0..{len(choices) - 1}" if choices is not None else "0, 1, ..."
+        if type(v) is not int:  # bool is an int to Python, and pydantic would take "0": neither is an index
+            kind = {bool: "true/false", str: f"the string {v!r}", float: f"the number {v!r}"}.get(type(v), repr(v))
+            raise ValueError(
+                f"answer must be the index of the right choice as a JSON integer ({span}), not {kind}: "
+                'write "answer": 0, not "answer": "0" or true'
+            )
         if choices is not None and not 0 <= v < len(choices):
-            raise ValueError(f"answer must index choices (0..{len(choices) - 1}), got {v}")
+            raise ValueError(f"answer must index choices ({span}), got {v}")
         return v
 
     @property
