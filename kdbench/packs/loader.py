@@ -1,9 +1,11 @@
 """Find and load domain packs, with errors that name the file, line or key.
 
 ``load_pack`` reads pack.yaml, every JSONL file it names and the eval task
-YAMLs (as data, with :mod:`kdbench.packs.reading`), validates them against
-:mod:`kdbench.packs.schema`, adds generated seeds, and checks that no
-evaluation item leaks into the seeds. Problems are gathered and reported together (up to ``reading.MAX_ERRORS``) so
+YAMLs, validates them against :mod:`kdbench.packs.schema` and
+:mod:`kdbench.packs.taskfiles`, adds generated seeds, and checks that no
+evaluation item leaks into the seeds. It reads files as data only and never
+imports a pack's Python (:mod:`kdbench.packs.trust` says when that may run).
+Problems are gathered and reported together (up to ``reading.MAX_ERRORS``) so
 one edit-validate cycle fixes many of them.
 """
 
@@ -19,13 +21,17 @@ from typing import TypeVar, get_args
 
 from pydantic import BaseModel, ValidationError
 
+import evals
 from kdbench.errors import PackError, did_you_mean
 from kdbench.packs import decontam
 from kdbench.packs.generators import GENERATORS
-from kdbench.packs.reading import Errors, TaskLoader, jsonl_lines, load_yaml, yaml_line
+from kdbench.packs.reading import Errors, jsonl_lines, load_yaml, read_text, yaml_line
 from kdbench.packs.schema import ITEM_MODELS, KnowledgeItem, MCItem, PackSpec, QAItem, SeedItem
+from kdbench.packs.taskfiles import check_task_files
+from kdbench.packs.trust import REPO_DOMAINS, python_files
 
-REPO_DOMAINS = Path(__file__).resolve().parents[2] / "domains"
+SHARED_HOOKS = Path(evals.__file__).with_name("hooks.py")
+"""kdbench's data loading and scoring code that every pack's eval/utils.py calls: part of every pack's data hash."""
 
 
 def domain_dirs() -> list[Path]:
@@ -78,8 +84,11 @@ class DomainPack:
     knowledge: list[KnowledgeItem]
     seeds: list[SeedItem]  # from seeds.jsonl, then from generators
     eval_items: dict[str, list[MCItem | QAItem]]  # task name -> items
-    data_hash: str  # every file of the pack
+    # every file that decides a training example or a score: pack.yaml, the JSONL files, the task YAMLs, the
+    # pack's Python and kdbench's shared hooks (evals/hooks.py); edit one and evaluations are redone
+    data_hash: str
     train_hash: str  # pack.yaml, knowledge and seeds only: what a teacher may learn from
+    python_files: list[Path]  # code that lm-eval imports when the pack is evaluated (see kdbench.packs.trust)
 
     @property
     def name(self) -> str:
@@ -229,21 +238,6 @@ def _read_jsonl(path: Path, model: type[Item], errors: Errors, topics: list[str]
     return items
 
 
-def _check_task_yaml(eval_dir: Path, task_name: str, errors: Errors) -> None:
-    path = eval_dir / f"{task_name}.yaml"
-    if not path.is_file():
-        errors.add(
-            path, "", f"missing lm-eval task file for task {task_name!r}; `kdbench packs new` shows the template"
-        )
-        return
-    loaded = load_yaml(path, errors, "an lm-eval task (task, custom_dataset, dataset_kwargs, ...)", TaskLoader)
-    if loaded is None:
-        return
-    cfg = loaded[1]
-    if not isinstance(cfg, dict) or cfg.get("task") != task_name:
-        errors.add(path, "key task", f"must be {task_name!r} (the name in pack.yaml)")
-
-
 def _hash_files(paths: list[Path]) -> str:
     h = hashlib.sha256()
     for p in sorted(paths):
@@ -334,8 +328,13 @@ def load_pack(name_or_path: str | Path) -> DomainPack:
         )
         for t in spec.eval.tasks
     }
-    for t in spec.eval.tasks:
-        _check_task_yaml(eval_dir, t.name, errors)
+    task_files = check_task_files(root, spec, eval_dir, task_data, errors)
+    code = python_files(root)
+    for py in code:  # lm-eval imports them: they must be the pack's own, readable files
+        if not py.resolve().is_relative_to(root.resolve()):
+            errors.add(py, "", f"is a link to {py.resolve()}, outside the pack folder; copy the file into the pack")
+        else:
+            read_text(py, errors)
     fact_ids = {k.id for k in knowledge}
     knowledge_read = len(errors.items) == before_knowledge  # else items naming a broken fact would bury its error
     for items, path in [(seeds, paths["files.seeds"])] + [(eval_items[t], task_data[t]) for t in names]:
@@ -346,14 +345,16 @@ def load_pack(name_or_path: str | Path) -> DomainPack:
     errors.raise_if_any()
 
     train_files = [root / "pack.yaml", paths["files.knowledge"], paths["files.seeds"]]
+    scored = [root / "pack.yaml", *paths.values(), *task_files, *code, SHARED_HOOKS]
     pack = DomainPack(
         spec=spec,
         root=root,
         knowledge=knowledge,
         seeds=seeds,
         eval_items=eval_items,
-        data_hash=_hash_files([root / "pack.yaml", *paths.values()]),
+        data_hash=_hash_files(list(dict.fromkeys(scored))),
         train_hash=_hash_files(train_files),
+        python_files=code,
     )
     report = decontam.check(((s.id, s.prompt) for s in seeds), pack.eval_index())
     for seed_id, hit in report.hits.items():
