@@ -374,7 +374,6 @@ def iter_pack_texts(pack: DomainPack) -> Iterator[str]:
     yield pack.spec.teacher.system_prompt
     yield from pack.spec.teacher.instructions.values()
     for k in pack.knowledge:
-        yield k.question
-        yield k.answer
+        yield from k.texts
     for s in pack.seeds:
         yield s.prompt

@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 ELICITATION_METHODS = ("labeling", "expansion", "curation", "feedback", "self_knowledge", "feature")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -96,10 +97,65 @@ class PackSpec(_Strict):
 
 
 class KnowledgeItem(_Strict):
+    """A fact of the domain, in one of two forms: a question with its answer, or a plain statement (``text``),
+    as a data set of passages or notes gives it."""
+
     id: str = Field(min_length=1)
     topic: str
-    question: str = Field(min_length=1)
-    answer: str = Field(min_length=1)
+    question: str | None = Field(default=None, min_length=1)
+    answer: str | None = Field(default=None, min_length=1)
+    text: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_form(cls, data: Any) -> Any:
+        """question and answer together, or text alone; a key that is missing, extra or unknown is reported as
+        that key (pydantic would stop at the first rule, so they are all checked here)."""
+        if not isinstance(data, dict):
+            return data
+        details = [
+            InitErrorDetails(type="extra_forbidden", loc=(str(k),), input=v)
+            for k, v in data.items()
+            if k not in cls.model_fields
+        ]
+        if "text" in data:
+            extra = [k for k in ("question", "answer") if k in data]
+            problem = "a knowledge item is a statement (text) or a question with its answer, not both; drop {keys}"
+            details += [
+                InitErrorDetails(
+                    type=PydanticCustomError("knowledge_form", problem, {"keys": " and ".join(extra)}),
+                    loc=(k,),
+                    input=data[k],
+                )
+                for k in extra
+            ]
+        elif "question" in data or "answer" in data:
+            details += [
+                InitErrorDetails(type="missing", loc=(k,), input=data) for k in ("question", "answer") if k not in data
+            ]
+        else:
+            missing = "missing: give the fact as text (a plain statement), or as a question and its answer"
+            details.append(
+                InitErrorDetails(type=PydanticCustomError("knowledge_missing", missing), loc=("text",), input=data)
+            )
+        if details:
+            raise ValidationError.from_exception_data(cls.__name__, details)
+        return data
+
+    @property
+    def statement(self) -> str:
+        """What the fact says, as a passage: its answer (the shipped packs answer in full sentences) or text."""
+        return self.answer if self.answer is not None else self.text or ""
+
+    @property
+    def texts(self) -> list[str]:
+        """Every text of the item: question and answer, or the statement."""
+        return [t for t in (self.question, self.answer, self.text) if t is not None]
+
+    @property
+    def content(self) -> str:
+        """The item as one text, for decontamination: question and answer, or the statement."""
+        return " ".join(self.texts)
 
 
 class SeedItem(_Strict):
