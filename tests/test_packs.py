@@ -285,3 +285,15 @@ def test_knowledge_item_forms_are_checked_with_the_allowed_keys(copy_pack):
     assert "key question: a knowledge item is a statement (text) or a question with its answer, not both" in msg
     assert "key statement: unknown key; allowed: id, topic, question, answer, text" in msg
     assert "key text: missing: give the fact as text (a plain statement), or as a question and its answer" in msg
+
+
+def test_domains_readme_lists_every_generator_with_its_maximum():
+    from annotated_types import Le
+
+    from kdbench.packs.schema import GeneratorSpec
+
+    cap = next(m.le for m in GeneratorSpec.model_fields["count"].metadata if isinstance(m, Le))
+    text = (DOMAINS / "README.md").read_text()
+    for name, gen in GENERATORS.items():
+        row = next(line for line in text.splitlines() if line.startswith(f"| `{name}` |"))
+        assert row.rstrip(" |").endswith(f"{min(gen.max_count, cap):,}"), row
