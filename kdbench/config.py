@@ -263,6 +263,9 @@ class RunConfig(_Strict):
     """tracking"""
     orchestration: OrchestrationConfig = OrchestrationConfig()
     """orchestration"""
+    trust_pack_code: bool = False
+    """run the Python files (and lm-eval task YAMLs) of a pack from outside kdbench's own domains/ folder when
+    evaluating it; read them first (--trust-pack-code)"""
 
     @property
     def home_path(self) -> Path:

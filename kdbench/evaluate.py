@@ -2,9 +2,13 @@
 
 ``lm_eval.simple_evaluate`` runs the pack's own task YAMLs (found through
 ``TaskManager(include_path=...)``) and, with ``--public``, the pack's built-in
-public tasks. Results are cached under ``<home>/evals/<hash>`` by a content hash
-of the model identity, the pack data and the evaluation settings. Per-item
-predictions are kept for the report's side-by-side samples.
+public tasks. Loading that folder imports the pack's Python (its eval/utils.py):
+a pack from outside kdbench's domains/ needs ``trust_pack_code`` first (see
+:mod:`kdbench.packs.trust`). Results are cached under ``<home>/evals/<hash>``
+by a content hash of the model identity, the pack's data hash (its data, task
+YAMLs and Python, and the shared hooks: whatever decides a score) and the
+evaluation settings. Per-item predictions are kept for the report's
+side-by-side samples.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from kdbench.errors import ConfigError, RuntimeFailure, did_you_mean
 from kdbench.locks import locked
 from kdbench.log import get_logger
 from kdbench.models.loading import identity, load_tokenizer
+from kdbench.packs.trust import check_pack_code
 
 log = get_logger(__name__)
 
@@ -34,6 +39,9 @@ class EvalResult:
 
 
 def tasks_for(pack, cfg) -> list[str]:
+    """The tasks to evaluate on, once the run config may run the pack's code at all: preflight calls this, so a
+    pack that is not trusted stops a run before anything is written."""
+    check_pack_code(pack, cfg.trust_pack_code)
     tasks = cfg.eval.tasks or pack.task_names
     for t in tasks:
         if t not in pack.task_names:
@@ -92,6 +100,17 @@ def _compact_samples(samples: dict) -> dict[str, list[dict]]:
     return out
 
 
+def eval_key(model_ref: str, pack, cfg, tasks: list[str]) -> str:
+    """What an evaluation's cached result is keyed by: the model, everything that decides the pack's scores
+    (``pack.data_hash``), the tasks and the settings."""
+    return content_hash(
+        identity(model_ref, cfg.models.revision),
+        pack.data_hash,
+        tasks,
+        cfg.eval.model_dump(exclude={"samples_per_task"}),
+    )
+
+
 def evaluate(model_ref: str, pack, cfg, home: Path, *, device: str = "cpu", label: str = "") -> EvalResult:
     tasks = tasks_for(pack, cfg)
     if cfg.eval.public and os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", ""):
@@ -99,13 +118,7 @@ def evaluate(model_ref: str, pack, cfg, home: Path, *, device: str = "cpu", labe
             "--public needs the public datasets from the Hugging Face hub, but this machine is "
             "offline (HF_DATASETS_OFFLINE=1); run without --public or on a connected machine"
         )
-    key = content_hash(
-        identity(model_ref, cfg.models.revision),
-        pack.data_hash,
-        tasks,
-        cfg.eval.model_dump(exclude={"samples_per_task"}),
-    )
-    out = Path(home) / "evals" / f"{pack.name}-{key}"
+    out = Path(home) / "evals" / f"{pack.name}-{eval_key(model_ref, pack, cfg, tasks)}"
     with locked(out):
         done = read_done(out / "result.json")
         if done is not None:
@@ -117,6 +130,7 @@ def _run_lm_eval(model_ref, pack, cfg, tasks, out: Path, device: str, label: str
     from lm_eval.evaluator import simple_evaluate  # what lm_eval.simple_evaluate loads lazily
     from lm_eval.tasks import TaskManager
 
+    check_pack_code(pack, cfg.trust_pack_code)  # lm-eval imports the pack's Python below
     chat = _chat(model_ref, cfg)
     log.info(f"{pack.name}: evaluating {label or model_ref} on {', '.join(tasks)}{' (chat template)' if chat else ''}")
     tm = TaskManager(include_path=str(pack.eval_dir), include_defaults=cfg.eval.public)

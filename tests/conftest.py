@@ -68,6 +68,7 @@ def micro(tmp_path_factory):
             "tiny": MICRO,
             "eval": {"max_gen_toks": 12},
             "distill": {"train": {"epochs": 2, "batch_size": 4, "save_every": 2}},
+            "trust_pack_code": True,  # a pack outside domains/: its eval/utils.py runs when it is evaluated
         }
     )
     pack = load_pack(root)

@@ -103,6 +103,8 @@ def test_scaffold_add_items_validate_and_run(tmp_path):
         "tiny.teacher={hidden_size: 64, num_layers: 2, num_heads: 2, intermediate_size: 128}",
         "--set",
         "tiny.student={hidden_size: 32, num_layers: 1, num_heads: 2, intermediate_size: 64}",
+        "--set",
+        "trust_pack_code=true",  # a pack of the user's, outside kdbench's domains/: its eval/utils.py runs
         cwd=tmp_path,
         env=env,
     )

@@ -33,6 +33,8 @@ MICRO = [
     "distill.train.batch_size=4",
     "--set",
     "distill.train.save_every=5",
+    "--set",
+    "trust_pack_code=true",  # the scaffolded pack is outside domains/: its eval/utils.py runs when evaluated
 ]
 
 

@@ -210,3 +210,90 @@ def test_folder_and_name_must_agree(tmp_path):
     shutil.move(root, tmp_path / "beta")
     with pytest.raises(PackError, match="name 'alpha' must equal the folder name 'beta'"):
         load_pack(tmp_path / "beta")
+
+
+# ---- knowledge as plain statements (a data set of passages or notes has no questions) -------------------------
+
+STATEMENTS = [
+    ("capitals", "Phishing emails imitate a trusted sender to make the reader reveal credentials or open malware."),
+    ("rivers", "A firewall filters network traffic between zones according to an ordered list of rules."),
+]
+
+
+def _statement_pack(tmp_path) -> Path:
+    """The scaffolded pack with its knowledge replaced by plain statements (text, no question or answer)."""
+    root = scaffold("cyber", tmp_path)
+    rows = [{"id": f"k-{i}", "topic": t, "text": text} for i, (t, text) in enumerate(STATEMENTS)]
+    (root / "knowledge.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    seeds = [json.loads(line) for line in (root / "seeds.jsonl").read_text().splitlines()]
+    for i, s in enumerate(seeds):
+        s["fact"] = f"k-{i % 2}"
+    (root / "seeds.jsonl").write_text("".join(json.dumps(s) + "\n" for s in seeds))
+    mc = [json.loads(line) for line in (root / "eval/data/mc.jsonl").read_text().splitlines()]
+    (root / "eval/data/mc.jsonl").write_text("".join(json.dumps({**m, "fact": "k-0"}) + "\n" for m in mc))
+    return root
+
+
+def test_knowledge_as_plain_statements_loads_and_feeds_every_use(tmp_path, monkeypatch):
+    import kdbench.models.tiny as tiny
+    from kdbench.packs.loader import iter_pack_texts
+
+    pack = load_pack(_statement_pack(tmp_path))
+    k0 = pack.knowledge[0]
+    assert k0.question is None and k0.answer is None and k0.statement == STATEMENTS[0][1]
+    assert STATEMENTS[0][1] in list(iter_pack_texts(pack))  # the tokenizer's corpus
+    assert decontam.check([(k.id, k.content) for k in pack.knowledge], pack.eval_index()).hits == {}
+    monkeypatch.setattr(tiny, "tokenize_example", lambda tok, q, a, system=None, max_length=0: (q, a))
+    turns = tiny.teacher_examples(pack, None, 128, cues=2)  # the tiny teacher's curriculum
+    taught = [q for q, a in turns if a == STATEMENTS[0][1]]
+    assert any(q.endswith("?") and q not in {s.prompt for s in pack.seeds} for q in taught)  # its cue prompts
+    assert any(q in {s.prompt for s in pack.seeds} for q in taught)  # the seeds that name it
+
+
+def test_curation_writes_questions_from_plain_statements(tmp_path):
+    from types import SimpleNamespace
+
+    from kdbench.config import load_config
+    from kdbench.elicit.synthesis import curate
+
+    pack = load_pack(_statement_pack(tmp_path))
+    asked: list[str] = []
+
+    class Teacher:
+        def __init__(self):
+            self.stats: dict = {}
+
+        def generate(self, method, requests, sampling, account=None):
+            asked.extend(r[-1]["content"] for r in requests)
+            return ["Which control filters traffic between network zones by rules?"] * len(requests)
+
+    cfg = load_config(overrides={"pack": str(pack.root)})
+    curate(SimpleNamespace(cfg=cfg, pack=pack, teacher=Teacher(), sampling=None))
+    assert any(f"Document: {STATEMENTS[0][1]}" in a for a in asked)
+
+
+def test_knowledge_item_forms_are_checked_with_the_allowed_keys(copy_pack):
+    root = copy_pack()
+    with (root / "knowledge.jsonl").open("a") as f:
+        f.write(
+            json.dumps({"id": "x-1", "topic": "torts", "text": "A tort is a civil wrong.", "question": "q?"}) + "\n"
+        )
+        f.write(json.dumps({"id": "x-2", "topic": "torts", "statement": "A tort is a civil wrong."}) + "\n")
+    with pytest.raises(PackError) as e:
+        load_pack(root)
+    msg = str(e.value)
+    assert "key question: a knowledge item is a statement (text) or a question with its answer, not both" in msg
+    assert "key statement: unknown key; allowed: id, topic, question, answer, text" in msg
+    assert "key text: missing: give the fact as text (a plain statement), or as a question and its answer" in msg
+
+
+def test_domains_readme_lists_every_generator_with_its_maximum():
+    from annotated_types import Le
+
+    from kdbench.packs.schema import GeneratorSpec
+
+    cap = next(m.le for m in GeneratorSpec.model_fields["count"].metadata if isinstance(m, Le))
+    text = (DOMAINS / "README.md").read_text()
+    for name, gen in GENERATORS.items():
+        row = next(line for line in text.splitlines() if line.startswith(f"| `{name}` |"))
+        assert row.rstrip(" |").endswith(f"{min(gen.max_count, cap):,}"), row

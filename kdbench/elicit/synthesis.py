@@ -105,7 +105,7 @@ def curate(ctx) -> list[dict]:
             text = f"Domain: {pack.spec.description}\n{about}\nWrite only the question (number {i + 1})."
             requests.append(messages_for(text, system, wrap=False))
             topics.append(topic)
-        docs = [k.answer for k in pack.knowledge if k.topic == topic]
+        docs = [k.statement for k in pack.knowledge if k.topic == topic]  # an answer, or a plain statement
         for doc in rng.sample(docs, min(e.curation_documents_per_topic, len(docs))):
             text = (
                 f"Domain: {pack.spec.description}\nDocument: {doc}\n{about}\n"

@@ -135,9 +135,10 @@ def teacher_examples(pack: DomainPack, tokenizer, max_length: int, cues: int = 4
     """
     rng = random.Random(seed)
     system = pack.teacher_system("labeling")
-    facts = {k.id: k.answer for k in pack.knowledge}
-    plain = [(k.question, k.answer) for k in pack.knowledge]
-    plain += [(c, k.answer) for k in pack.knowledge for c in cue_prompts(k.question, k.answer, cues, rng)]
+    facts = {k.id: k.statement for k in pack.knowledge}
+    # a plain statement (knowledge with text, no question) is learned from its cues and the seeds that name it
+    plain = [(k.question, k.statement) for k in pack.knowledge if k.question]
+    plain += [(c, k.statement) for k in pack.knowledge for c in cue_prompts(k.question or "", k.statement, cues, rng)]
     seeded = [(s.prompt, facts[s.fact]) for s in pack.seeds if s.fact in facts]
     seeded += [(s.prompt, f"The answer is {s.reference}.") for s in pack.seeds if s.reference and not s.fact]
     out = [tokenize_example(tokenizer, q, a, max_length=max_length) for q, a in plain + seeded]
@@ -164,7 +165,9 @@ def _build(pack: DomainPack, tiny, root: Path, key: str, device: str) -> TinyMod
     if done is not None:
         return TinyModels(str(root / "teacher"), str(root / "student"), True, done)
     root.mkdir(parents=True, exist_ok=True)
-    texts = list(iter_pack_texts(pack)) + [QUESTION_TEMPLATE.format(prompt=k.question) for k in pack.knowledge]
+    texts = list(iter_pack_texts(pack)) + [
+        QUESTION_TEMPLATE.format(prompt=k.question) for k in pack.knowledge if k.question
+    ]
     tokenizer = train_tokenizer(texts, tiny.vocab_size)
     log.info(f"{pack.name}: trained a tokenizer of {len(tokenizer)} tokens on {len(texts)} texts")
 

@@ -4,6 +4,11 @@ Each generator is seeded (same pack.yaml, same items) and returns rows with a
 ``reference`` answer computed here, so labels can be verified without a teacher
 (``verify``): the dataset step drops teacher outputs that get them wrong, and
 self-knowledge keeps only the student outputs that get them right.
+
+Items are distinct, drawn from a finite space of parameters: each generator
+says how many distinct items it can produce (``max_count``, counted from the
+same ranges it draws from), and asking for more is refused up front instead of
+drawing forever.
 """
 
 from __future__ import annotations
@@ -21,13 +26,20 @@ class Generator:
     make: Callable[..., list[Row]]  # (count, seed) -> rows with id, prompt, reference, check
     default_topic: str
     description: str
+    max_count: int  # distinct items it can produce (a lower bound where the space is beyond any count asked)
 
 
 def _money(x: float) -> str:
     return f"{x:,.2f}"
 
 
-def _rows(name: str, count: int, seed: int, one: Callable[[random.Random], tuple[str, float]]) -> list[Row]:
+def _rows(
+    name: str, count: int, seed: int, one: Callable[[random.Random], tuple[str, float]], max_count: int
+) -> list[Row]:
+    """``count`` distinct items drawn by ``one``, which can produce ``max_count`` distinct prompts: asking for
+    more would draw forever, so it is refused."""
+    if count > max_count:
+        raise ValueError(f"{name} can produce at most {max_count:,} distinct items; {count:,} asked for")
     rng = random.Random(f"{name}:{seed}")
     rows, seen = [], set()
     while len(rows) < count:
@@ -62,7 +74,11 @@ def compound_interest(count: int, seed: int = 0) -> list[Row]:
             fv,
         )
 
-    return _rows("compound_interest", count, seed, one)
+    return _rows("compound_interest", count, seed, one, COMPOUND_INTEREST_MAX)
+
+
+# principals x rates x years x compounding periods, as drawn above
+COMPOUND_INTEREST_MAX = len(range(500, 20_001, 100)) * 9 * len(range(2, 16)) * 3
 
 
 def npv(count: int, seed: int = 0) -> list[Row]:
@@ -78,7 +94,11 @@ def npv(count: int, seed: int = 0) -> list[Row]:
             value,
         )
 
-    return _rows("npv", count, seed, one)
+    return _rows("npv", count, seed, one, NPV_MAX)
+
+
+# costs x rates x cash-flow streams of 2 to 5 years
+NPV_MAX = len(range(1_000, 50_001, 500)) * 6 * sum(len(range(200, 20_001, 100)) ** n for n in range(2, 6))
 
 
 def ratios(count: int, seed: int = 0) -> list[Row]:
@@ -118,7 +138,11 @@ def ratios(count: int, seed: int = 0) -> list[Row]:
             price / eps,
         )
 
-    return _rows("ratios", count, seed, one)
+    return _rows("ratios", count, seed, one, RATIOS_MAX)
+
+
+# at least: the (a, b) pairs of the current ratio and of debt-to-equity alone
+RATIOS_MAX = 2 * len(range(100, 10_001, 10)) ** 2
 
 
 # ---- science -----------------------------------------------------------------------
@@ -172,7 +196,10 @@ def unit_conversion(count: int, seed: int = 0) -> list[Row]:
         x = rng.randint(lo, hi)
         return f"Convert {x} {src} to {dst}.", f(x)
 
-    return _rows("unit_conversion", count, seed, one)
+    return _rows("unit_conversion", count, seed, one, UNIT_CONVERSION_MAX)
+
+
+UNIT_CONVERSION_MAX = sum(hi - lo + 1 for *_conversion, (lo, hi) in _CONVERSIONS)
 
 
 def kinematics(count: int, seed: int = 0) -> list[Row]:
@@ -200,7 +227,11 @@ def kinematics(count: int, seed: int = 0) -> list[Row]:
             (2 * h / g) ** 0.5,
         )
 
-    return _rows("kinematics", count, seed, one)
+    return _rows("kinematics", count, seed, one, KINEMATICS_MAX)
+
+
+# final speed (u x a x t) + distance (u x a x t) + fall time (h), as drawn above
+KINEMATICS_MAX = 31 * 7 * 19 + 21 * 4 * 14 + 199
 
 
 def stoichiometry(count: int, seed: int = 0) -> list[Row]:
@@ -214,16 +245,21 @@ def stoichiometry(count: int, seed: int = 0) -> list[Row]:
             out,
         )
 
-    return _rows("stoichiometry", count, seed, one)
+    return _rows("stoichiometry", count, seed, one, STOICHIOMETRY_MAX)
+
+
+STOICHIOMETRY_MAX = len(_REACTIONS) * 200  # reactions x grams 1..200
 
 
 GENERATORS: dict[str, Generator] = {
-    "compound_interest": Generator(compound_interest, "personal_finance", "future value with periodic compounding"),
-    "npv": Generator(npv, "corporate_finance", "net present value of a cash-flow stream"),
-    "ratios": Generator(ratios, "accounting", "current, debt-to-equity, ROE, gross margin, P/E"),
-    "unit_conversion": Generator(unit_conversion, "physics", "SI and customary unit conversions"),
-    "kinematics": Generator(kinematics, "physics", "uniform acceleration and free fall"),
-    "stoichiometry": Generator(stoichiometry, "chemistry", "product mass from reactant mass"),
+    "compound_interest": Generator(
+        compound_interest, "personal_finance", "future value with periodic compounding", COMPOUND_INTEREST_MAX
+    ),
+    "npv": Generator(npv, "corporate_finance", "net present value of a cash-flow stream", NPV_MAX),
+    "ratios": Generator(ratios, "accounting", "current, debt-to-equity, ROE, gross margin, P/E", RATIOS_MAX),
+    "unit_conversion": Generator(unit_conversion, "physics", "SI and customary unit conversions", UNIT_CONVERSION_MAX),
+    "kinematics": Generator(kinematics, "physics", "uniform acceleration and free fall", KINEMATICS_MAX),
+    "stoichiometry": Generator(stoichiometry, "chemistry", "product mass from reactant mass", STOICHIOMETRY_MAX),
 }
 
 _NUMBER = re.compile(r"-?\d[\d,]*\.?\d*(?:[eE][-+]?\d+)?")

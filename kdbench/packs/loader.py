@@ -1,10 +1,12 @@
 """Find and load domain packs, with errors that name the file, line or key.
 
 ``load_pack`` reads pack.yaml, every JSONL file it names and the eval task
-YAMLs, validates them against :mod:`kdbench.packs.schema`, adds generated seeds,
-and checks that no evaluation item leaks into the seeds. Problems are gathered
-and reported together (up to ``MAX_ERRORS``) so one edit-validate cycle fixes
-many of them.
+YAMLs, validates them against :mod:`kdbench.packs.schema` and
+:mod:`kdbench.packs.taskfiles`, adds generated seeds, and checks that no
+evaluation item leaks into the seeds. It reads files as data only and never
+imports a pack's Python (:mod:`kdbench.packs.trust` says when that may run).
+Problems are gathered and reported together (up to ``reading.MAX_ERRORS``) so
+one edit-validate cycle fixes many of them.
 """
 
 from __future__ import annotations
@@ -15,18 +17,21 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, get_args
 
-import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+import evals
 from kdbench.errors import PackError, did_you_mean
 from kdbench.packs import decontam
 from kdbench.packs.generators import GENERATORS
+from kdbench.packs.reading import Errors, jsonl_lines, load_yaml, read_text, yaml_line
 from kdbench.packs.schema import ITEM_MODELS, KnowledgeItem, MCItem, PackSpec, QAItem, SeedItem
+from kdbench.packs.taskfiles import check_task_files
+from kdbench.packs.trust import REPO_DOMAINS, python_files
 
-MAX_ERRORS = 20
-REPO_DOMAINS = Path(__file__).resolve().parents[2] / "domains"
+SHARED_HOOKS = Path(evals.__file__).with_name("hooks.py")
+"""kdbench's data loading and scoring code that every pack's eval/utils.py calls: part of every pack's data hash."""
 
 
 def domain_dirs() -> list[Path]:
@@ -79,8 +84,11 @@ class DomainPack:
     knowledge: list[KnowledgeItem]
     seeds: list[SeedItem]  # from seeds.jsonl, then from generators
     eval_items: dict[str, list[MCItem | QAItem]]  # task name -> items
-    data_hash: str  # every file of the pack
+    # every file that decides a training example or a score: pack.yaml, the JSONL files, the task YAMLs, the
+    # pack's Python and kdbench's shared hooks (evals/hooks.py); edit one and evaluations are redone
+    data_hash: str
     train_hash: str  # pack.yaml, knowledge and seeds only: what a teacher may learn from
+    python_files: list[Path]  # code that lm-eval imports when the pack is evaluated (see kdbench.packs.trust)
 
     @property
     def name(self) -> str:
@@ -114,56 +122,9 @@ class DomainPack:
         )
 
 
-class _Errors:
-    """Collects problems; raises them together as one PackError."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.items: list[str] = []
-
-    def add(self, file: Path | str, where: str, problem: str) -> None:
-        rel = os.path.relpath(file, self.root.parent) if isinstance(file, Path) else file
-        self.items.append(f"{rel}{':' + where if where else ''}: {problem}")
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            shown = self.items[:MAX_ERRORS]
-            more = len(self.items) - len(shown)
-            tail = f"\n  ... and {more} more" if more > 0 else ""
-            head = f"pack at {self.root} is invalid ({len(self.items)} problem{'s' * (len(self.items) > 1)}):"
-            raise PackError(head + "\n  " + "\n  ".join(shown) + tail)
-
-
-class _TolerantLoader(yaml.SafeLoader):
-    """Reads lm-eval YAMLs: keeps ``!function x.y`` as the string 'x.y'."""
-
-
-def _function_as_string(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> str:
-    return loader.construct_scalar(node)
-
-
-_TolerantLoader.add_constructor("!function", _function_as_string)
-
-
-def _yaml_line(node: yaml.Node | None, loc: tuple) -> int | None:
-    """Line (1-based) of the key at ``loc`` in a composed YAML node tree."""
-    line = node.start_mark.line + 1 if node is not None else None
-    for key in loc:
-        if isinstance(node, yaml.MappingNode):
-            match = next(((k, v) for k, v in node.value if k.value == key), None)
-            if match is None:
-                return line
-            line, node = match[0].start_mark.line + 1, match[1]
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            item: yaml.Node = node.value[key]
-            line, node = item.start_mark.line + 1, item
-        else:
-            return line
-    return line
-
-
-def _inside(root: Path, rel: str, errors: _Errors, key: str) -> Path | None:
-    """``root/rel`` if it stays inside the pack folder and exists, else record why not."""
+def _inside(root: Path, rel: str, errors: Errors, key: str, kind: str = "file") -> Path | None:
+    """``root/rel`` if it stays inside the pack folder and is a ``kind`` ("file" or "folder"), else record why
+    not."""
     path = (root / rel).resolve()
     if not path.is_relative_to(root.resolve()):
         errors.add(root / "pack.yaml", f"key {key}", f"path {rel!r} escapes the pack folder; use a path inside {root}")
@@ -171,19 +132,22 @@ def _inside(root: Path, rel: str, errors: _Errors, key: str) -> Path | None:
     if not path.exists():
         errors.add(root / "pack.yaml", f"key {key}", f"{rel!r} does not exist")
         return None
+    if kind == "file" and not path.is_file():
+        what = "a folder" if path.is_dir() else "not a regular file"
+        errors.add(root / "pack.yaml", f"key {key}", f"{rel!r} is {what}; give the path of a JSONL file")
+        return None
+    if kind == "folder" and not path.is_dir():
+        errors.add(root / "pack.yaml", f"key {key}", f"{rel!r} is not a folder; give the folder of the task YAMLs")
+        return None
     return path
 
 
-def _read_spec(root: Path, errors: _Errors) -> PackSpec | None:
+def _read_spec(root: Path, errors: Errors) -> PackSpec | None:
     path = root / "pack.yaml"
-    text = path.read_text(encoding="utf-8")
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        errors.add(path, f"line {mark.line + 1}" if mark else "", f"not valid YAML: {getattr(e, 'problem', e)}")
+    loaded = load_yaml(path, errors, "the pack's keys (name, version, ...)")
+    if loaded is None:
         return None
+    node, raw = loaded
     if not isinstance(raw, dict):
         errors.add(path, "", "must be a mapping of keys (name, version, ...)")
         return None
@@ -192,16 +156,13 @@ def _read_spec(root: Path, errors: _Errors) -> PackSpec | None:
     except ValidationError as e:
         for err in e.errors():
             key = ".".join(str(p) for p in err["loc"])
-            line = _yaml_line(node, err["loc"])
-            msg = "missing required key" if err["type"] == "missing" else err["msg"]
-            if err["type"] == "extra_forbidden":
-                msg = f"unknown key{did_you_mean(str(err['loc'][-1]), PackSpec.model_fields)}"
-            errors.add(path, f"line {line}: key {key}" if line else f"key {key}", msg)
+            line = yaml_line(node, err["loc"])
+            errors.add(path, f"line {line}: key {key}" if line else f"key {key}", _describe(err, PackSpec))
         return None
     if spec.name != root.name:
         errors.add(
             path,
-            f"line {_yaml_line(node, ('name',))}: key name",
+            f"line {yaml_line(node, ('name',))}: key name",
             f"name {spec.name!r} must equal the folder name {root.name!r}",
         )
     return spec
@@ -210,59 +171,71 @@ def _read_spec(root: Path, errors: _Errors) -> PackSpec | None:
 Item = TypeVar("Item", bound=KnowledgeItem | SeedItem | MCItem | QAItem)
 
 
-def _read_jsonl(path: Path, model: type[Item], errors: _Errors, topics: list[str]) -> list[Item]:
-    items, first_line = [], {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                errors.add(path, f"line {lineno}", "blank line; remove it (one JSON object per line)")
-                continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as e:
-                errors.add(path, f"line {lineno}", f"not valid JSON ({e.msg} at column {e.colno})")
-                continue
-            if not isinstance(raw, dict):
-                errors.add(path, f"line {lineno}", "must be a JSON object")
-                continue
-            try:
-                item = model.model_validate(raw)
-            except ValidationError as e:
-                for err in e.errors():
-                    key = ".".join(str(p) for p in err["loc"]) or "(object)"
-                    msg = "missing required key" if err["type"] == "missing" else err["msg"]
-                    if err["type"] == "extra_forbidden":
-                        msg = f"unknown key{did_you_mean(str(err['loc'][-1]), model.model_fields)}"
-                    errors.add(path, f"line {lineno}: key {key}", msg)
-                continue
-            if item.id in first_line:
-                errors.add(path, f"line {lineno}", f"duplicate id {item.id!r} (first on line {first_line[item.id]})")
-                continue
-            first_line[item.id] = lineno
-            if item.topic not in topics:
-                errors.add(
-                    path,
-                    f"line {lineno}: key topic",
-                    f"{item.topic!r} is not one of the pack's topics{did_you_mean(item.topic, topics)} {topics}",
-                )
-            items.append(item)
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys allowed where an unknown key ``loc`` was found: the fields of the model that holds it."""
+    for part in loc[:-1]:
+        if isinstance(part, int) or part not in model.model_fields:
+            continue  # an index into a list, or a dict key: the model stays the element's
+        annotation = model.model_fields[part].annotation
+        inner = [a for a in (annotation, *get_args(annotation)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not inner:
+            return []
+        model = inner[0]
+    return list(model.model_fields)
+
+
+def _describe(err, model: type[BaseModel]) -> str:
+    """A pydantic error as the problem a pack author reads."""
+    if err["type"] == "missing":
+        return "missing required key"
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, err["loc"])
+        return f"unknown key{did_you_mean(str(err['loc'][-1]), allowed)}; allowed: {', '.join(allowed)}"
+    if err["type"] == "value_error" and "error" in err.get("ctx", {}):
+        return str(err["ctx"]["error"])  # our validators' messages, without pydantic's "Value error, "
+    return err["msg"]
+
+
+def _read_jsonl(path: Path, model: type[Item], errors: Errors, topics: list[str], empty: str | None) -> list[Item]:
+    """The file's items; ``empty``: the problem to record when the file has no line at all (None: allowed)."""
+    items, first_line, lines = [], {}, 0
+    for lineno, line in jsonl_lines(path, errors):
+        lines += 1
+        if not line.strip():
+            errors.add(path, f"line {lineno}", "blank line; remove it (one JSON object per line)")
+            continue
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as e:
+            errors.add(path, f"line {lineno}", f"not valid JSON ({e.msg} at column {e.colno})")
+            continue
+        except RecursionError:
+            errors.add(path, f"line {lineno}", "nested too deeply to read; an item is one flat JSON object")
+            continue
+        if not isinstance(raw, dict):
+            errors.add(path, f"line {lineno}", "must be a JSON object")
+            continue
+        try:
+            item = model.model_validate(raw)
+        except ValidationError as e:
+            for err in e.errors():
+                key = ".".join(str(p) for p in err["loc"]) or "(object)"
+                errors.add(path, f"line {lineno}: key {key}", _describe(err, model))
+            continue
+        if item.id in first_line:
+            errors.add(path, f"line {lineno}", f"duplicate id {item.id!r} (first on line {first_line[item.id]})")
+            continue
+        first_line[item.id] = lineno
+        if item.topic not in topics:
+            errors.add(
+                path,
+                f"line {lineno}: key topic",
+                f"{item.topic!r} is not one of the pack's topics{did_you_mean(item.topic, topics)} {topics}",
+            )
+        items.append(item)
+    if lines == 0 and empty is not None and path.stat().st_size == 0:
+        errors.add(path, "", empty)
     return items
-
-
-def _check_task_yaml(eval_dir: Path, task_name: str, errors: _Errors) -> None:
-    path = eval_dir / f"{task_name}.yaml"
-    if not path.is_file():
-        errors.add(
-            path, "", f"missing lm-eval task file for task {task_name!r}; `kdbench packs new` shows the template"
-        )
-        return
-    try:
-        cfg = yaml.load(path.read_text(encoding="utf-8"), Loader=_TolerantLoader)  # noqa: S506 (safe subclass)
-    except yaml.YAMLError as e:
-        errors.add(path, "", f"not valid YAML: {e}")
-        return
-    if not isinstance(cfg, dict) or cfg.get("task") != task_name:
-        errors.add(path, "key task", f"must be {task_name!r} (the name in pack.yaml)")
 
 
 def _hash_files(paths: list[Path]) -> str:
@@ -273,7 +246,7 @@ def _hash_files(paths: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def _generated_seeds(spec: PackSpec, root: Path, errors: _Errors) -> list[SeedItem]:
+def _generated_seeds(spec: PackSpec, root: Path, errors: Errors) -> list[SeedItem]:
     out = []
     for i, g in enumerate(spec.generators):
         if g.name not in GENERATORS:
@@ -292,6 +265,14 @@ def _generated_seeds(spec: PackSpec, root: Path, errors: _Errors) -> list[SeedIt
                 f"topic {topic!r} is not one of the pack's topics {spec.topics}; set `topic:` on the generator",
             )
             continue
+        if g.count > gen.max_count:
+            errors.add(
+                root / "pack.yaml",
+                f"key generators.{i}.count",
+                f"{g.name} can produce at most {gen.max_count:,} distinct items; {g.count:,} asked for. "
+                f"Use a count up to {gen.max_count:,}",
+            )
+            continue
         out += [SeedItem.model_validate({"topic": topic, **row}) for row in gen.make(count=g.count, seed=g.seed)]
     return out
 
@@ -299,7 +280,7 @@ def _generated_seeds(spec: PackSpec, root: Path, errors: _Errors) -> list[SeedIt
 def load_pack(name_or_path: str | Path) -> DomainPack:
     """Load and validate a pack; raise PackError naming every problem found."""
     root = find_pack(name_or_path)
-    errors = _Errors(root)
+    errors = Errors(root)
     spec = _read_spec(root, errors)
     errors.raise_if_any()
     assert spec is not None
@@ -308,7 +289,7 @@ def load_pack(name_or_path: str | Path) -> DomainPack:
         "files.knowledge": _inside(root, spec.files.knowledge, errors, "files.knowledge"),
         "files.seeds": _inside(root, spec.files.seeds, errors, "files.seeds"),
     }
-    eval_dir = _inside(root, spec.eval.include_path, errors, "eval.include_path")
+    eval_dir = _inside(root, spec.eval.include_path, errors, "eval.include_path", kind="folder")
     for i, t in enumerate(spec.eval.tasks):
         files[f"eval.tasks.{i}.data"] = _inside(root, t.data, errors, f"eval.tasks.{i}.data")
     names = [t.name for t in spec.eval.tasks]
@@ -318,34 +299,62 @@ def load_pack(name_or_path: str | Path) -> DomainPack:
     # every path exists inside the pack from here on (_inside recorded an error for any that does not)
     assert eval_dir is not None
     paths = {key: path for key, path in files.items() if path is not None}
+    task_data = {t.name: paths[f"eval.tasks.{i}.data"] for i, t in enumerate(spec.eval.tasks)}
 
-    knowledge = _read_jsonl(paths["files.knowledge"], KnowledgeItem, errors, spec.topics)
-    seeds = _read_jsonl(paths["files.seeds"], SeedItem, errors, spec.topics)
+    before_knowledge = len(errors.items)
+    knowledge = _read_jsonl(
+        paths["files.knowledge"],
+        KnowledgeItem,
+        errors,
+        spec.topics,
+        empty="is empty: add the domain's facts, one JSON object per line (the embedded teacher learns from them)",
+    )
+    seeds = _read_jsonl(
+        paths["files.seeds"],
+        SeedItem,
+        errors,
+        spec.topics,
+        empty=None
+        if spec.generators
+        else "is empty and pack.yaml has no generators: add the prompts the teacher is asked, one JSON object per line",
+    )
     eval_items = {
-        t.name: _read_jsonl(paths[f"eval.tasks.{i}.data"], ITEM_MODELS[t.kind], errors, spec.topics)
-        for i, t in enumerate(spec.eval.tasks)
+        t.name: _read_jsonl(
+            task_data[t.name],
+            ITEM_MODELS[t.kind],
+            errors,
+            spec.topics,
+            empty=f"is empty: task {t.name!r} needs at least one item to score, one JSON object per line",
+        )
+        for t in spec.eval.tasks
     }
-    for t in spec.eval.tasks:
-        _check_task_yaml(eval_dir, t.name, errors)
+    task_files = check_task_files(root, spec, eval_dir, task_data, errors)
+    code = python_files(root)
+    for py in code:  # lm-eval imports them: they must be the pack's own, readable files
+        if not py.resolve().is_relative_to(root.resolve()):
+            errors.add(py, "", f"is a link to {py.resolve()}, outside the pack folder; copy the file into the pack")
+        else:
+            read_text(py, errors)
     fact_ids = {k.id for k in knowledge}
-    for _label, items, path in [("seeds", seeds, paths["files.seeds"])] + [
-        (t.name, eval_items[t.name], paths[f"eval.tasks.{i}.data"]) for i, t in enumerate(spec.eval.tasks)
-    ]:
+    knowledge_read = len(errors.items) == before_knowledge  # else items naming a broken fact would bury its error
+    for items, path in [(seeds, paths["files.seeds"])] + [(eval_items[t], task_data[t]) for t in names]:
         for it in items:
-            if it.fact is not None and it.fact not in fact_ids:
+            if knowledge_read and it.fact is not None and it.fact not in fact_ids:
                 errors.add(path, f"id {it.id}: key fact", f"{it.fact!r} is not an id in {spec.files.knowledge}")
     seeds += _generated_seeds(spec, root, errors)
     errors.raise_if_any()
 
     train_files = [root / "pack.yaml", paths["files.knowledge"], paths["files.seeds"]]
+    scored = [root / "pack.yaml", *paths.values(), *task_files, *code, SHARED_HOOKS]
     pack = DomainPack(
         spec=spec,
         root=root,
         knowledge=knowledge,
         seeds=seeds,
         eval_items=eval_items,
-        data_hash=_hash_files([root / "pack.yaml", *paths.values()]),
+        data_hash=_hash_files(list(dict.fromkeys(scored))),
         train_hash=_hash_files(train_files),
+        python_files=code,
     )
     report = decontam.check(((s.id, s.prompt) for s in seeds), pack.eval_index())
     for seed_id, hit in report.hits.items():
@@ -365,7 +374,6 @@ def iter_pack_texts(pack: DomainPack) -> Iterator[str]:
     yield pack.spec.teacher.system_prompt
     yield from pack.spec.teacher.instructions.values()
     for k in pack.knowledge:
-        yield k.question
-        yield k.answer
+        yield from k.texts
     for s in pack.seeds:
         yield s.prompt

@@ -114,7 +114,7 @@ pack validates and runs at once; replace them with your domain's own.
 ## Checklist
 - [ ] `pack.yaml`: description, license of your data, topics, the teacher's system prompt
       and instructions, `public_tasks` (lm-eval built-in tasks for this domain, if any)
-- [ ] `knowledge.jsonl`: the facts (question/answer) the local tiny teacher learns from
+- [ ] `knowledge.jsonl`: the facts the local tiny teacher learns from (question/answer, or `text`)
 - [ ] `seeds.jsonl`: prompts for the teacher, in varied wording; `fact` names the fact
 - [ ] `eval/data/mc.jsonl`: multiple-choice items (4 choices, `answer` = index of the right one)
 - [ ] `eval/data/qa.jsonl`: short-answer items (`aliases` for other accepted answers)
@@ -123,7 +123,9 @@ pack validates and runs at once; replace them with your domain's own.
 - [ ] `kdbench run {path} --seed-limit 20 --eval-limit 20` for a quick look, then the full run
 
 Do not edit `eval/utils.py` or the task YAMLs unless you know lm-eval; they are
-generated from the kdbench templates. Standalone evaluation:
+generated from the kdbench templates. They are code that lm-eval runs when the pack is
+evaluated: outside kdbench's own `domains/` folder, `kdbench run` runs them only with
+`--trust-pack-code` (or `--set trust_pack_code=true`). Standalone evaluation:
 
     lm_eval --model hf --model_args pretrained=PATH --include_path {path}/eval --tasks {name}_mc,{name}_qa
 """
