@@ -52,8 +52,8 @@ class AdaptedTeacher:
 def adaptation_turns(pack: DomainPack) -> list[tuple[str | None, str, str]]:
     """(system prompt or None, question, answer) for every turn the teacher is trained on."""
     system = pack.teacher_system("labeling")
-    facts = {k.id: k.answer for k in pack.knowledge}
-    plain = [(k.question, k.answer) for k in pack.knowledge]
+    facts = {k.id: k.statement for k in pack.knowledge}
+    plain = [(k.question, k.statement) for k in pack.knowledge if k.question]
     seeded = [(s.prompt, facts[s.fact]) for s in pack.seeds if s.fact in facts]
     seeded += [(s.prompt, f"The answer is {s.reference}.") for s in pack.seeds if s.reference and not s.fact]
     turns: list[tuple[str | None, str, str]] = [(None, q, a) for q, a in plain + seeded]
