@@ -192,8 +192,8 @@ class DistillConfig(_Strict):
 
     algorithms: list[str] = ["sft", "fkl"]
     """algorithms to distill with (see `kdbench algorithms`)"""
-    seeds: list[int] = [0, 1]
-    """seeds; each algorithm trains once per seed"""
+    seeds: list[int] = [0, 1, 2]
+    """seeds; each algorithm trains once per seed (three, so the report's intervals mean something)"""
     train: TrainConfig = TrainConfig()
     """training settings every algorithm shares"""
     hparams: dict[str, dict[str, Any]] = {}
@@ -211,7 +211,7 @@ class EvalConfig(_Strict):
     public: bool = False
     """also run the pack's public lm-eval tasks (needs the hub)"""
     limit: int | None = None
-    """evaluate on at most N items per task (quick looks)"""
+    """evaluate on N items per task (quick looks): a fixed-seed sample stratified by topic, not the first N"""
     batch_size: int = 32
     """lm-eval batch size"""
     max_gen_toks: int = 48
@@ -220,6 +220,11 @@ class EvalConfig(_Strict):
     """render prompts with the model's chat template; auto: when it has one"""
     samples_per_task: int = 5
     """generations kept per task for the report's side-by-side samples"""
+    retention: list[str] | Literal["auto"] = "auto"
+    """tasks outside the pack that measure forgetting, scored on each student before and after distillation:
+    multiple-choice tasks of kdbench's own packs (e.g. medicine_mc) or public lm-eval tasks (need the hub).
+    auto: with the embedded tiny student, the other packs' multiple-choice tasks (what it was pretrained on);
+    otherwise none"""
 
 
 class TrackingConfig(_Strict):

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdbench.data import content_hash, read_done, read_jsonl, write_json
+from kdbench.data import content_hash, read_done, read_jsonl, write_json, write_jsonl
 from kdbench.locks import locked
 from kdbench.packs import decontam
 from kdbench.packs.generators import verify
@@ -34,9 +34,31 @@ def build_dataset(pack, rows_path: Path, home: Path, n: int = decontam.DEFAULT_N
     out = Path(home) / "datasets" / f"{pack.name}-{key}"
     with locked(out):
         manifest = read_done(out / "manifest.json")
-        if manifest is not None:
-            return DatasetInfo(out, manifest)
-        return _build(pack, rows, out, n)
+        info = DatasetInfo(out, manifest) if manifest is not None else _build(pack, rows, out, n)
+        if "gold" not in info.manifest:  # a dataset built before gold rows existed gets them now
+            info.manifest["gold"] = write_gold(pack, out, n)
+            write_json(out / "manifest.json", info.manifest)
+        return info
+
+
+def write_gold(pack, out: Path, n: int = decontam.DEFAULT_N) -> dict:
+    """The `gold` row's training data beside the dataset: each seed with a reference answer a person wrote
+    (pack.gold_answers), decontaminated like the teacher's rows. Kept apart from the teacher's data (its
+    hash is not the dataset's), so adding reference answers changes no other algorithm's result."""
+    rows = [
+        {"id": f"gold-{s.id}", "method": "gold", "topic": s.topic, "prompt": s.prompt, "response": answer}
+        for s, answer in pack.gold_answers()
+    ]
+    report = decontam.check(((r["id"], f"{r['prompt']} {r['response']}") for r in rows), pack.eval_index(n))
+    clean = [r for r in rows if r["id"] not in report.hits]
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "gold.jsonl", clean)
+    return {
+        "path": str(out / "gold.jsonl"),
+        "rows": len(clean),
+        "contaminated": len(rows) - len(clean),
+        "hash": content_hash([(r["prompt"], r["response"]) for r in clean]),
+    }
 
 
 def _build(pack, rows: list[dict], out: Path, n: int) -> DatasetInfo:

@@ -15,18 +15,24 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from kdbench.config import TINY
 from kdbench.data import content_hash, read_done, write_json
 from kdbench.errors import ConfigError, RuntimeFailure, did_you_mean
 from kdbench.locks import locked
 from kdbench.log import get_logger
 from kdbench.models.loading import identity, load_tokenizer
-from kdbench.packs.trust import check_pack_code
+from kdbench.packs import DomainPack, load_pack
+from kdbench.packs.trust import REPO_DOMAINS, check_pack_code
 
 log = get_logger(__name__)
+
+# kdbench's own packs: the embedded default's general corpus and its retention (forgetting) tasks
+REPO_PACKS = sorted(p.name for p in REPO_DOMAINS.iterdir() if (p / "pack.yaml").is_file())
 
 
 @dataclass
@@ -100,6 +106,50 @@ def _compact_samples(samples: dict) -> dict[str, list[dict]]:
     return out
 
 
+def stratified(items: list, limit: int, seed: str) -> list[int]:
+    """Indices (in file order) of a fixed-seed sample of ``limit`` items, stratified by topic.
+
+    Each topic gets its share of ``limit`` in proportion to its size (largest remainders round up, so the
+    shares add up), and its items are drawn at random within it: a quick look sees every topic the task
+    holds instead of the first few in file order.
+    """
+    if limit >= len(items):
+        return list(range(len(items)))
+    by_topic: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        by_topic.setdefault(getattr(it, "topic", "") or "", []).append(i)
+    exact = {t: limit * len(ix) / len(items) for t, ix in by_topic.items()}
+    share = {t: int(x) for t, x in exact.items()}
+    for t in sorted(exact, key=lambda t: (-(exact[t] - share[t]), t))[: limit - sum(share.values())]:
+        share[t] += 1
+    rng = random.Random(seed)
+    return sorted(i for t, ix in sorted(by_topic.items()) for i in rng.sample(ix, share[t]))
+
+
+def retention_tasks(pack, cfg) -> list[tuple[DomainPack | None, str]]:
+    """(pack holding the task or None for a public lm-eval task, task) of the forgetting measurement.
+
+    auto: with the embedded tiny student, the multiple-choice tasks of kdbench's other packs (what the student
+    was pretrained on); otherwise none.
+    """
+    wanted = cfg.eval.retention
+    if wanted == "auto":
+        if TINY not in cfg.models.students:
+            return []
+        others = [load_pack(p) for p in REPO_PACKS if p != pack.name]
+        return [(p, t.name) for p in others for t in p.spec.eval.tasks if t.kind == "multiple_choice"]
+    own = {t.name: load_pack(p) for p in REPO_PACKS for t in load_pack(p).spec.eval.tasks}
+    out = []
+    for name in wanted:
+        if name in pack.task_names:
+            raise ConfigError(
+                f"eval.retention: {name!r} is a task of pack {pack.name!r} itself; retention tasks "
+                "measure what the student knew outside the pack"
+            )
+        out.append((own.get(name), name))
+    return out
+
+
 def eval_key(model_ref: str, pack, cfg, tasks: list[str]) -> str:
     """What an evaluation's cached result is keyed by: the model, everything that decides the pack's scores
     (``pack.data_hash``), the tasks and the settings."""
@@ -123,17 +173,68 @@ def evaluate(model_ref: str, pack, cfg, home: Path, *, device: str = "cpu", labe
         done = read_done(out / "result.json")
         if done is not None:
             return EvalResult(**{**done, "cached": True})
-        return _run_lm_eval(model_ref, pack, cfg, tasks, out, device, label)
+        items = {t: pack.eval_items[t] for t in tasks if t in pack.eval_items}
+        return _run_lm_eval(model_ref, pack, cfg, tasks, out, device, label, [pack.eval_dir], items)
 
 
-def _run_lm_eval(model_ref, pack, cfg, tasks, out: Path, device: str, label: str) -> EvalResult:
+def evaluate_retention(model_ref: str, pack, cfg, home: Path, *, device: str = "cpu", label: str = "") -> EvalResult:
+    """The model on the retention tasks (outside ``pack``; see retention_tasks): what distillation may make it
+    forget. Metrics keyed by task, as evaluate's."""
+    found = retention_tasks(pack, cfg)
+    tasks = [t for _, t in found]
+    public = [t for p, t in found if p is None]
+    if public and os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", ""):
+        raise ConfigError(
+            f"eval.retention: {', '.join(public)} are public lm-eval tasks, which need the Hugging "
+            "Face hub, but this machine is offline (HF_DATASETS_OFFLINE=1); name packs' tasks instead"
+        )
+    owners = {t: p for p, t in found if p is not None}
+    key = content_hash(
+        "retention",
+        identity(model_ref, cfg.models.revision),
+        tasks,
+        sorted({p.data_hash for p in owners.values()}),
+        cfg.eval.model_dump(exclude={"samples_per_task"}),
+    )
+    out = Path(home) / "evals" / f"{pack.name}-retention-{key}"
+    with locked(out):
+        done = read_done(out / "result.json")
+        if done is not None:
+            return EvalResult(**{**done, "cached": True})
+        dirs = list(dict.fromkeys(p.eval_dir for p in owners.values()))
+        items = {t: p.eval_items[t] for t, p in owners.items()}
+        return _run_lm_eval(
+            model_ref, pack, cfg, tasks, out, device, f"{label} (retention)", dirs, items, public=bool(public)
+        )
+
+
+def _run_lm_eval(
+    model_ref,
+    pack,
+    cfg,
+    tasks,
+    out: Path,
+    device: str,
+    label: str,
+    include: list[Path],
+    items: dict[str, list],
+    *,
+    public: bool | None = None,
+) -> EvalResult:
     from lm_eval.evaluator import simple_evaluate  # what lm_eval.simple_evaluate loads lazily
     from lm_eval.tasks import TaskManager
 
     check_pack_code(pack, cfg.trust_pack_code)  # lm-eval imports the pack's Python below
     chat = _chat(model_ref, cfg)
     log.info(f"{pack.name}: evaluating {label or model_ref} on {', '.join(tasks)}{' (chat template)' if chat else ''}")
-    tm = TaskManager(include_path=str(pack.eval_dir), include_defaults=cfg.eval.public)
+    public = cfg.eval.public if public is None else public
+    tm = TaskManager(include_path=[str(d) for d in include], include_defaults=public)
+    # a quick look (eval.limit): the same stratified sample of each task for every model (lm-eval's own limit
+    # takes the first N items in file order, which on topic-sorted data sees a few topics only)
+    limit = cfg.eval.limit
+    chosen = {t: stratified(items[t], limit, f"{t}:{limit}") for t in tasks if t in items} if limit else None
+    if chosen is not None:
+        chosen.update({t: list(range(limit)) for t in tasks if t not in chosen})  # public tasks: the first N
     model_args = {
         "pretrained": model_ref,
         "dtype": cfg.models.dtype,
@@ -150,7 +251,7 @@ def _run_lm_eval(model_ref, pack, cfg, tasks, out: Path, device: str, label: str
             tasks=tasks,
             task_manager=tm,
             batch_size=cfg.eval.batch_size,
-            limit=cfg.eval.limit,
+            samples=chosen,
             apply_chat_template=chat,
             log_samples=True,
             bootstrap_iters=0,

@@ -40,3 +40,31 @@ def all_gaps(teacher: dict, before: dict, after: dict) -> dict[str, float]:
                 for k, g in gap_metrics(teacher[task][m], before[task][m], v).items():
                     out[names.metric(task, m, k)] = g
     return out
+
+
+def headline_metric(row: dict[str, float]) -> str | None:
+    """The metric a task is summarised by: acc for multiple choice, else rougeL, exact_match or the first."""
+    names_ = [m for m in row if not m.endswith("_stderr") and m != "n"]
+    return next((m for m in ("acc", "rougeL", "exact_match") if m in names_), names_[0] if names_ else None)
+
+
+def retention_metrics(
+    after: dict[str, dict[str, float]], before: dict[str, dict[str, float]] | None = None
+) -> dict[str, float]:
+    """Scores on the retention tasks as retention.<task>.<metric> (and their n); with ``before``, the change
+    retention.<task>.<metric>.delta = after - before per headline metric, and retention.mean_delta over the
+    tasks (negative: the student forgot)."""
+    out: dict[str, float] = {}
+    deltas = []
+    for task, row in after.items():
+        for m, v in row.items():
+            if not m.endswith("_stderr"):
+                out[names.retention(task, m)] = v
+        h = headline_metric(row)
+        if before is not None and h is not None and h in before.get(task, {}):
+            d = row[h] - before[task][h]
+            out[names.retention(task, h, names.RETENTION_DELTA)] = d
+            deltas.append(d)
+    if deltas:
+        out[names.RETENTION_MEAN_DELTA] = sum(deltas) / len(deltas)
+    return out

@@ -9,6 +9,7 @@ flows/tasks.py wraps each in a Prefect task.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,9 +22,9 @@ from kdbench.dataset import DatasetInfo, add_topk, build_dataset
 from kdbench.distill.registry import elicitation_methods
 from kdbench.distill.run import distill, distill_key
 from kdbench.elicit import elicit
-from kdbench.evaluate import evaluate, tasks_for
+from kdbench.evaluate import evaluate, evaluate_retention, retention_tasks, tasks_for
 from kdbench.log import get_logger
-from kdbench.metrics import all_gaps, flat_metrics
+from kdbench.metrics import all_gaps, flat_metrics, retention_metrics
 from kdbench.models.adapt import adapt_teacher
 from kdbench.models.loading import identity
 from kdbench.models.refs import needs_tiny, resolve
@@ -73,6 +74,7 @@ class Evaluation(BaseModel):
     role: str  # names.ROLE_TEACHER / ROLE_BEFORE / ROLE_AFTER
     model: str
     metrics: dict[str, dict[str, float]]  # task -> {metric: value, <metric>_stderr, n}
+    retention: dict[str, dict[str, float]] = {}  # the same, on the retention tasks (students before: forgetting)
     samples_path: str
     seconds: float
     run_id: str
@@ -245,6 +247,9 @@ def baseline_step(cfg: dict, role: str, models: Models, index: int, data: Data) 
     rc = _cfg(cfg)
     pack = load_pack(rc.pack)
     res = evaluate(model, pack, rc, rc.home_path, device=device_for(rc), label=role)
+    ret = None
+    if role == names.ROLE_BEFORE and retention_tasks(pack, rc):
+        ret = evaluate_retention(model, pack, rc, rc.home_path, device=device_for(rc), label=role)
     key = content_hash(
         "baseline",
         role,
@@ -254,9 +259,12 @@ def baseline_step(cfg: dict, role: str, models: Models, index: int, data: Data) 
         rc.eval.model_dump(exclude={"samples_per_task"}),
     )
     record = tracking.baseline_record(pack, role, model, res, data.manifest["data_hash"], tasks_for(pack, rc))
+    if ret is not None:
+        record.metrics.update(retention_metrics(ret.metrics))
     c, run = _open(rc, pack, key, f"{pack.name}/{role}", record.tags)
-    with run as run_id:
-        tracking.log_record(c, run_id, record, config_yaml=dump_config(rc), artifacts=[res.samples_path])
+    with run as run_id, tempfile.TemporaryDirectory(prefix="kdbench-samples-") as tmp:
+        samples = tracking.merged_samples(res.samples_path, ret.samples_path if ret else None, Path(tmp))
+        tracking.log_record(c, run_id, record, config_yaml=dump_config(rc), artifacts=[samples])
     return Evaluation(
         role=role,
         model=model,
@@ -265,6 +273,7 @@ def baseline_step(cfg: dict, role: str, models: Models, index: int, data: Data) 
         seconds=res.seconds,
         run_id=run_id,
         cached=res.cached,
+        retention=ret.metrics if ret else {},
     )
 
 
@@ -310,8 +319,13 @@ def student_step(
         }
         if res.cached:
             log.info(f"{pack.name}: reusing the distilled student {algorithm} seed {seed} at {res.model_dir}")
-        ev = evaluate(res.model_dir, pack, rc, rc.home_path, device=device_for(rc), label=f"{algorithm} seed {seed}")
+        label = f"{algorithm} seed {seed}"
+        ev = evaluate(res.model_dir, pack, rc, rc.home_path, device=device_for(rc), label=label)
         metrics = {**flat_metrics(ev.metrics), **all_gaps(teacher_eval.metrics, before_eval.metrics, ev.metrics)}
+        ret = None
+        if retention_tasks(pack, rc):
+            ret = evaluate_retention(res.model_dir, pack, rc, rc.home_path, device=device_for(rc), label=label)
+            metrics.update(retention_metrics(ret.metrics, before_eval.retention))
         record = tracking.student_record(
             res,
             ev,
@@ -326,14 +340,16 @@ def student_step(
                 names.BEFORE_RUN: before_eval.run_id,
             },
         )
-        tracking.log_record(
-            c,
-            run_id,
-            record,
-            config_yaml=dump_config(rc),
-            artifacts=[ev.samples_path],
-            dicts={"dataset_manifest.json": info.manifest},
-        )
+        with tempfile.TemporaryDirectory(prefix="kdbench-samples-") as tmp:
+            samples = tracking.merged_samples(ev.samples_path, ret.samples_path if ret else None, Path(tmp))
+            tracking.log_record(
+                c,
+                run_id,
+                record,
+                config_yaml=dump_config(rc),
+                artifacts=[samples],
+                dicts={"dataset_manifest.json": info.manifest},
+            )
     return StudentResult(
         algorithm=algorithm,
         seed=seed,

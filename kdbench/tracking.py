@@ -14,6 +14,7 @@ The default tracking URI is a SQLite file under the run home; set
 from __future__ import annotations
 
 import functools
+import json
 import os
 import subprocess
 import time
@@ -298,3 +299,17 @@ def log_record(
     for name, d in (dicts or {}).items():
         c.log_dict(run_id, d, name)
     c.log_text(run_id, config_yaml, "config.yaml")
+
+
+def merged_samples(samples: str, retention: str | None, folder: Path) -> str:
+    """One samples.json for a run: its pack tasks' items and, when it was scored on retention tasks, theirs
+    (under their own task names), written into ``folder``; the report reads every task's items from it."""
+    if retention is None:
+        return samples
+    merged = {
+        **json.loads(Path(samples).read_text(encoding="utf-8")),
+        **json.loads(Path(retention).read_text(encoding="utf-8")),
+    }
+    out = Path(folder) / "samples.json"
+    out.write_text(json.dumps(merged, ensure_ascii=False), encoding="utf-8")
+    return str(out)

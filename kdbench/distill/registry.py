@@ -26,7 +26,8 @@ class Algorithm:
     white_box: bool  # compares token distributions or states: one shared vocabulary (unless cross_tokenizer)
     teacher_model: bool = False  # needs the teacher loaded (not only its cached top-k)
     cross_tokenizer: bool = False  # compares distributions over two vocabularies; examples carry the teacher's tokens
-    data: str = "response"  # rows it trains on: "response" (prompt, response) or "pairs" (chosen, rejected)
+    data: str = "response"  # rows it trains on: "response" (prompt, response), "pairs" (chosen, rejected) or
+    # "gold" (the pack's reference answers, no teacher)
     needs_methods: tuple[str, ...] = ()  # elicitation methods whose rows it needs
     prepare: Callable | None = None  # (rows, tokenizer, max_length, student) -> examples
     make_extra: Callable | None = None  # (student, teacher, hp) -> trainable modules beside the student
@@ -46,6 +47,15 @@ ALGORITHMS: dict[str, Algorithm] = {
         sft.sft_step,
         sft.SFTConfig,
         white_box=False,
+    ),
+    "gold": Algorithm(
+        "gold",
+        "supervised fine-tuning (no teacher)",
+        "the baseline KD is measured against: the student fine-tuned on the pack's reference answers",
+        sft.sft_step,
+        sft.SFTConfig,
+        white_box=False,
+        data="gold",
     ),
     "fkl": _div("fkl", "forward KL(p||q) to the teacher's token distributions (word-level KD)"),
     "rkl": _div("rkl", "reverse KL(q||p): mode-seeking, on the teacher's text"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kdbench.data import content_hash, read_done, tokenize_example, write_json
+from kdbench.data import content_hash, read_done, read_jsonl, tokenize_example, write_json
 from kdbench.dataset import DatasetInfo, load_examples
 from kdbench.distill.registry import ALGORITHMS, hparams_for
 from kdbench.distill.uld import add_teacher_tokens
@@ -79,12 +79,13 @@ def uses_topk(algorithm: str, manifest: dict, cfg) -> bool:
 def distill_key(algorithm: str, seed: int, teacher_ref: str, student_ref: str, manifest: dict, cfg) -> str:
     hp = hparams_for(algorithm, cfg.distill.hparams.get(algorithm))
     topk = manifest["topk"]["k"] if uses_topk(algorithm, manifest, cfg) else None
+    gold = ALGORITHMS[algorithm].data == "gold"
     return content_hash(
         algorithm,
         seed,
-        identity(teacher_ref, cfg.models.revision),
+        None if gold else identity(teacher_ref, cfg.models.revision),  # gold never sees the teacher
         identity(student_ref),
-        manifest["data_hash"],
+        manifest["gold"]["hash"] if gold else manifest["data_hash"],
         cfg.distill.train.model_dump(exclude={"fused"}),  # fused or not: one result
         hp.model_dump(),
         topk,
@@ -119,12 +120,20 @@ def _train(algorithm, algo, hp, seed, teacher_ref, student_ref, data, cfg, out: 
     student, tok = load_model(
         student_ref, dtype=cfg.models.dtype, device="cpu", trust_remote_code=cfg.models.trust_remote_code
     )
-    all_rows = load_examples(data)
-    rows = (
-        [r for r in all_rows if r.get("chosen")]
-        if algo.data == "pairs"  # rejected may be empty
-        else [r for r in all_rows if r.get("response")]
-    )
+    if algo.data == "gold":  # the pack's reference answers, not the teacher's data
+        rows = read_jsonl(Path(data.manifest["gold"]["path"]))
+        if not rows:
+            raise UserError(
+                f"algorithm 'gold' trains on reference answers, but pack {data.manifest['pack']!r} has none: give "
+                "seeds an `answer` (or a `fact` naming a knowledge item); see domains/README.md"
+            )
+    else:
+        all_rows = load_examples(data)
+        rows = (
+            [r for r in all_rows if r.get("chosen")]
+            if algo.data == "pairs"  # rejected may be empty
+            else [r for r in all_rows if r.get("response")]
+        )
     if not rows:
         need = f"pairs from the {', '.join(algo.needs_methods)} elicitation" if algo.data == "pairs" else "responses"
         raise UserError(

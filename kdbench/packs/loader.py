@@ -105,6 +105,17 @@ class DomainPack:
     def task(self, name: str):
         return next(t for t in self.spec.eval.tasks if t.name == name)
 
+    def gold_answers(self) -> list[tuple[SeedItem, str]]:
+        """Seeds with a reference answer a person wrote: the seed's own ``answer``, else the statement of the
+        fact it names (the `gold` row trains on these, without a teacher)."""
+        facts = {k.id: k.statement for k in self.knowledge}
+        out = []
+        for s in self.seeds:
+            answer = s.answer or (facts.get(s.fact) if s.fact else None)
+            if answer:
+                out.append((s, answer))
+        return out
+
     def teacher_system(self, method: str) -> str:
         """The pack's system prompt for the teacher, plus its instruction for ``method`` when it has one."""
         instruction = self.spec.teacher.instructions.get(method, "").strip()

@@ -167,6 +167,8 @@ class SeedItem(_Strict):
     # outputs without a teacher.
     reference: str | None = None
     check: Literal["numeric", "text"] | None = None
+    # A reference answer written by a person (optional): the `gold` row trains on these, without a teacher.
+    answer: str | None = Field(default=None, min_length=1)
 
 
 class MCItem(_Strict):
