@@ -3,7 +3,15 @@
 import numpy as np
 import pytest
 
-from kdbench.report.stats import best_of, interval, paired_test, significant, win_rate
+from kdbench.report.stats import (
+    best_of,
+    difference_interval,
+    interval,
+    method,
+    paired_test,
+    significant,
+    win_rate,
+)
 
 
 def test_interval_by_hand():
@@ -73,3 +81,49 @@ def test_best_is_marked_only_when_significant_and_ties_count_half():
     # sft: tie with fkl (1/2) + win over rkl (1) over 2 contests; fkl the same; rkl lost both
     assert rates == pytest.approx({"sft": 0.75, "fkl": 0.75, "rkl": 0.0})
     assert np.isnan(win_rate({"sft": strong})["sft"])
+
+
+def test_rounding_is_not_evidence():
+    # 0.35 and 0.25 average to 0.3 up to one ulp: thirty such "differences" are no win (they were, p ~ 5e-5)
+    a = np.array([[0.35] * 30, [0.25] * 30])
+    b = np.full((2, 30), 0.3)
+    assert paired_test(a, b) == 1.0
+    assert win_rate({"a": a, "b": b}) == {"a": 0.5, "b": 0.5}
+
+
+def test_difference_interval_by_hand():
+    # always +1: nothing varies
+    assert difference_interval([[([[1.0, 1.0]], [[0.0, 0.0]])]]) == (1.0, 1.0, 1.0)
+    # one seed, items [1, 0] against [0, 0]: like interval([[1, 0]])
+    assert difference_interval([[([[1.0, 0.0]], [[0.0, 0.0]])]]) == (0.5, 0.0, 1.0)
+    # paired: the same items are drawn for both rows, so equal rows differ by exactly 0 in every replicate
+    assert difference_interval([[([[1.0, 0.0, 1.0]], [[1.0, 0.0, 1.0]])]]) == (0.0, 0.0, 0.0)
+    # a's two seeds disagree completely: the seed draw alone moves the change from 0 to 1
+    assert difference_interval([[([[1.0, 1.0], [0.0, 0.0]], [[0.0, 0.0]])]]) == (0.5, 0.0, 1.0)
+    # one group = one set of runs on two tasks: seed 0 scores 1 on task 1, seed 1 on task 2; drawn once for
+    # both tasks, the mean over the tasks is (w0 + w1) / 2 = 1/2 in every replicate
+    group = [([[1.0], [0.0]], [[0.0]]), ([[0.0], [1.0]], [[0.0]])]
+    assert difference_interval([group]) == pytest.approx((0.5, 0.5, 0.5))
+    # groups are averaged: +1 and 0
+    assert difference_interval([[([[1.0]], [[0.0]])], [([[0.0]], [[0.0]])]]) == (0.5, 0.5, 0.5)
+    assert np.isnan(difference_interval([])[0]) and np.isnan(difference_interval([[(np.zeros((1, 0)),) * 2]])[1])
+    with pytest.raises(ValueError, match="same items"):
+        difference_interval([[(np.zeros((1, 3)), np.zeros((1, 4)))]])
+
+
+def test_large_tasks_stay_in_bounded_memory_and_agree_with_the_normal_approximation():
+    # 8,000 items: replicates and flips go in blocks (not one 20,000 x 8,000 matrix of flips at once)
+    rng = np.random.default_rng(3)
+    a = (rng.random((1, 8000)) < 0.6).astype(float)
+    m, lo, hi = interval(a)
+    se = np.sqrt(m * (1 - m) / 8000)
+    assert lo < m < hi and (hi - lo) / 2 == pytest.approx(1.96 * se, rel=0.1)
+    b = a.copy()
+    b[0, :40] = 1 - b[0, :40]  # a handful of flipped items among 8,000: no evidence of a difference
+    assert paired_test(a, b) > 0.05 and paired_test(a, np.zeros_like(a)) < 1e-3
+
+
+def test_method_states_the_numbers():
+    text = method()
+    for part in ["95% percentile bootstrap", "2,000 replicates", "exact below 17", "20,000", "p < 0.05", "fixed seed"]:
+        assert part in text

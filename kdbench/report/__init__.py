@@ -1,7 +1,8 @@
 """Leaderboard reports from MLflow runs: ``write_report`` is the entry point.
 
 collect (MLflow -> DataFrame) -> leaderboard (per-pack tables, summary, win
-rates) -> plots (PNG) -> document (what the report says) -> markdown / html.
+rates) -> items (per-item samples: intervals and paired tests, with stats) ->
+plots (PNG) -> document (what the report says) -> markdown / html.
 """
 
 # pandas types df[mask], df[col] and .loc[...] as Series | ndarray | scalar unions, so these rules
@@ -14,10 +15,11 @@ import re
 from pathlib import Path
 
 from kdbench import names, tracking
-from kdbench.report import document, html, markdown, plots
+from kdbench.report import document, html, items, markdown, plots
 from kdbench.report.collect import collect_runs, load_samples, read_client
 from kdbench.report.leaderboard import (
     leaderboard,
+    retention_tasks,
     summary,
     task_info,
     win_columns,
@@ -59,21 +61,27 @@ def write_report(
         evals = df[df[names.ROLE].isin(names.EVAL_ROLES)]
         pack_names = sorted(evals[names.PACK].dropna().unique())
         tasks = {p: task_info(p, evals[evals[names.PACK] == p], where=cfg.pack) for p in pack_names}
-        boards = {p: leaderboard(evals, p, tasks[p]) for p in pack_names}
+        rtasks = {p: retention_tasks(evals[evals[names.PACK] == p]) for p in pack_names}
+        boards = {p: leaderboard(evals, p, tasks[p], rtasks[p]) for p in pack_names}
+        client = read_client(cfg)[0]
+        samples = load_samples(
+            client, [rid for b in boards.values() if not b.empty for ids in b["run_ids"] for rid in ids]
+        )
+        evidence = {}
+        for p in pack_names:
+            boards[p], evidence[p] = items.annotate(boards[p], tasks[p], rtasks[p], samples)
         algos = sorted(
             {r for b in boards.values() if not b.empty for r in b.loc[b[names.ROLE] == names.ROLE_AFTER, "row"]}
         )
         style = plots.styles(algos)
-        columns = win_columns(boards, tasks)
-        rates = win_rates(columns)
+        columns, matrices = win_columns(boards, tasks, evidence)
+        rates = win_rates(columns, matrices)
         summ = summary(boards, tasks)
-        if not summ.empty:
-            report.summary = document.summary_table(summ, rates, len(columns))
-            report.win_note = (
-                "Mean win rate over the (pack, task) columns: "
-                + "; ".join(columns)
-                + ". Each pack column of the table shows its first task's headline metric."
-            )
+        if summ:
+            forgetting = items.forgetting_summary(boards, evidence)
+            report.summary = document.summary_table(summ, rates, len(columns), forgetting)
+            report.summary_notes = document.summary_notes(summ, evidence)
+            report.win_note = document.win_note(columns, matrices, bool(forgetting))
         gap_png = plots.gap_closed_bars(boards, tasks, style, out / f"{name}-gap-closed.png")
         if gap_png:
             report.gap_figure = document.Figure(
@@ -82,11 +90,18 @@ def write_report(
                 "pack's headline task (mean ± std over seeds; 100% = teacher).",
             )
             paths["gap-closed.png"] = gap_png
-        client = read_client(cfg)[0]
         for p in pack_names:
             board = boards[p]
             section = document.build_pack(
-                df, p, tasks[p], board, ui, lambda ids: load_samples(client, ids), cfg.eval.samples_per_task
+                df,
+                p,
+                tasks[p],
+                board,
+                ui,
+                lambda ids: {i: samples[i] for i in ids if i in samples},
+                cfg.eval.samples_per_task,
+                evidence[p],
+                rtasks[p],
             )
             if not board.empty:
                 png = plots.score_vs_cost(board, tasks[p], p, style, out / f"{name}-cost-{_slug(p)}.png")
@@ -97,6 +112,16 @@ def write_report(
                         "and training wall time, one marker per algorithm.",
                     )
                     paths[f"cost-{p}.png"] = png
+                png = plots.gain_vs_forgetting(board, tasks[p], p, style, out / f"{name}-forgetting-{_slug(p)}.png")
+                if png:
+                    h = tasks[p][0]
+                    section.forgetting_figure = document.Figure(
+                        png.name,
+                        f"{p}: domain gain on {h.name} {h.metric} (student after − before, points) against the "
+                        "mean change on the retention tasks outside the pack (points; left of 0: forgot), one "
+                        "marker per algorithm; bars: 95% intervals where the runs logged per-item samples.",
+                    )
+                    paths[f"forgetting-{p}.png"] = png
                 csv = out / (f"{_slug(p)}.csv" if _slug(p) == name else f"{name}-{_slug(p)}.csv")
                 paths[f"{p}.csv"] = write_csv(board, csv)
                 section.csv = csv.name

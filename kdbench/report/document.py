@@ -21,7 +21,8 @@ import pandas as pd
 
 from kdbench import names, tracking
 from kdbench.errors import UserError
-from kdbench.report.leaderboard import TaskInfo, latest, short_ref, teacher_ahead
+from kdbench.report import items
+from kdbench.report.leaderboard import SummaryColumn, TaskInfo, latest, short_ref, teacher_ahead
 
 DEFAULT_UI = "http://127.0.0.1:5000"  # what `mlflow ui` serves
 MAX_CHARS = 600  # longer generations are cut in the report (the artifact keeps all)
@@ -30,7 +31,7 @@ MAX_CHARS = 600  # longer generations are cut in the report (the artifact keeps 
 @dataclass
 class Cell:
     text: str
-    best: bool = False  # the best distilled student in its column
+    best: bool = False  # marked: the significantly best distilled student in its column, or tied best
     href: str | None = None
     code: bool = False  # an identifier (run id, hash, model path)
 
@@ -75,6 +76,9 @@ class Setting:
     runs: Table
     samples: list[Sample]
     notes: list[str] = field(default_factory=list)  # caveats on the gap table
+    score_notes: list[str] = field(default_factory=list)  # beside the scores: subsets, ties, missing items
+    forgetting: Table | None = None  # scores on retention tasks outside the pack, before and after
+    forgetting_notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -83,6 +87,7 @@ class PackSection:
     tasks: list[TaskInfo]
     settings: list[Setting]
     figure: Figure | None = None
+    forgetting_figure: Figure | None = None
     csv: str = ""
     note: str = ""
 
@@ -98,6 +103,7 @@ class Report:
     filters: str
     summary: Table | None = None
     win_note: str = ""
+    summary_notes: list[str] = field(default_factory=list)
     gap_figure: Figure | None = None
     packs: list[PackSection] = field(default_factory=list)
 
@@ -109,11 +115,31 @@ def _nan(x) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
 
-def score(mean: float, std: float, n: int) -> str:
-    """A score in percent: '55.0 ± 7.1 (n=2)', '80.0 (n=1)', or '–'."""
-    if n == 0 or _nan(mean):
+def _num(x: float, fmt: str) -> str:
+    """x in percent or points, with one decimal; rounding noise (-1e-17) is no negative zero."""
+    v = round(100 * x, 1)
+    return f"{v if v != 0 else 0.0:{fmt}}"
+
+
+def _interval(low, high, fmt: str = ".1f") -> str:
+    if _nan(low) or _nan(high):
+        return "[–]"
+    return f"[{_num(low, fmt)}, {_num(high, fmt)}]"
+
+
+def score(mean: float, n: int, low: float = math.nan, high: float = math.nan) -> str:
+    """A score in percent with its 95% interval and the number of seeds: '55.0 [45.0, 65.0] (n=2)';
+    '55.0 [–] (n=2)' without per-item samples; '–' without a score."""
+    if _nan(n) or n == 0 or _nan(mean):
         return "–"
-    return f"{100 * mean:.1f} ± {100 * std:.1f} (n={n})" if n > 1 else f"{100 * mean:.1f} (n=1)"
+    return f"{_num(mean, '.1f')} {_interval(low, high)} (n={int(n)})"
+
+
+def change(mean: float, low: float = math.nan, high: float = math.nan) -> str:
+    """A change in points (of a ratio), signed, with its 95% interval: '-3.5 [-6.0, -1.0]', '+1.2 [–]', '–'."""
+    if _nan(mean):
+        return "–"
+    return f"{_num(mean, '+.1f')} {_interval(low, high, fmt='+.1f')}"
 
 
 def pct(mean: float, std: float = math.nan, n: int = 1) -> str:
@@ -151,8 +177,8 @@ def model_label(row) -> str:
 
 
 def _best(board: pd.DataFrame, col: str, higher: bool) -> set:
-    """Index of the distilled students holding the best value of a column (all of them on a tie),
-    or none when fewer than two compete or they all tie."""
+    """Index of the distilled students holding the best value of a cost column (all of them on a tie),
+    or none when fewer than two compete or they all tie. Scores are marked by significance instead."""
     s = pd.to_numeric(board.loc[board[names.ROLE] == names.ROLE_AFTER, col], errors="coerce").dropna()
     if len(s) < 2 or math.isclose(s.max(), s.min(), rel_tol=1e-12, abs_tol=1e-12):
         return set()
@@ -164,27 +190,116 @@ def _kind(role: str) -> str:
     return {names.ROLE_TEACHER: "teacher", names.ROLE_BEFORE: "before", names.ROLE_AFTER: "student"}.get(role, "other")
 
 
-def _table(board: pd.DataFrame, head: list[str], columns: list[tuple[str, bool, Callable[[pd.Series], str]]]) -> Table:
-    """columns: (board column for 'best', higher is better, row -> text)."""
-    best = {col: _best(board, col, higher) for col, higher, _ in columns if col}
+def _table(board: pd.DataFrame, head: list[str], columns: list[tuple[set, Callable[[pd.Series], str]]]) -> Table:
+    """columns: (board index of the marked cells, row -> text)."""
     t = Table(["model", *head])
     for idx, r in board.iterrows():
         cells = [Cell(model_label(r))]
-        for col, _, fmt in columns:
+        for marked, fmt in columns:
             text = fmt(r)
-            cells.append(Cell(text, best=bool(col) and idx in best[col] and text != "–"))
+            cells.append(Cell(text, best=idx in marked and text != "–"))
         t.rows.append(cells)
         t.kinds.append(_kind(r[names.ROLE]))
     return t
 
 
+def _marked(board: pd.DataFrame, task: TaskInfo) -> set:
+    """Board index of the cells marked best in a task's score column (by items.annotate's paired tests)."""
+    col = f"{task.name}.best"
+    return set(board.index[board[col].astype(bool)]) if col in board else set()
+
+
+def _get(r: pd.Series, key: str) -> float:
+    return r[key] if key in r else math.nan
+
+
 def scores_table(board: pd.DataFrame, tasks: list[TaskInfo]) -> Table:
     head = [f"{t.name} {t.metric} (%)" for t in tasks]
     cols = [
-        (f"{t.name}.mean", True, lambda r, t=t: score(r[f"{t.name}.mean"], r[f"{t.name}.std"], r[f"{t.name}.n"]))
+        (
+            _marked(board, t),
+            lambda r, t=t: score(
+                r[f"{t.name}.mean"], r[f"{t.name}.n"], _get(r, f"{t.name}.low"), _get(r, f"{t.name}.high")
+            ),
+        )
         for t in tasks
     ]
     return _table(board, head, cols)
+
+
+def _p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def _names(labels: list[str]) -> str:
+    return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def subset_note(board: pd.DataFrame, task: TaskInfo, col: items.Column | None, prefix: str = "") -> str:
+    """'law_mc acc: stratified subset of 40 of 208 items.' when the evaluation scored fewer items than the
+    task holds (items evaluated: the runs' <task>.n, else the items in their samples), else ''."""
+    if not task.total:
+        return ""
+    key = f"{prefix}{task.name}.items"
+    counts = sorted({int(x) for x in pd.to_numeric(board[key], errors="coerce").dropna()}) if key in board else []
+    if not counts and col is not None and col.own:
+        counts = sorted(set(col.own.values()))
+    if not counts or max(counts) >= task.total:
+        return ""
+    n = str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]} (the rows differ)"
+    return f"{task.name} {task.metric}: stratified subset of {n} of {task.total} items."
+
+
+def item_notes(task: TaskInfo, col: items.Column | None) -> list[str]:
+    """What the interval of each row rests on: rows without samples, items missing for some rows."""
+    if col is None:
+        return []
+    out = []
+    what = f"{task.name} {task.metric}"
+    if col.without:
+        out.append(
+            f"{what}: no per-item samples for {_names(col.without)}, so no interval there"
+            + (" and no significance marks in this column." if col.status == items.NO_SAMPLES else ".")
+        )
+    if col.rows and (len(set(col.own.values())) > 1 or max(col.own.values()) > col.shared):
+        have = ", ".join(f"{label} {n}" for label, n in col.own.items())
+        out.append(
+            f"{what}: items are missing for some rows (items per row: {have}); intervals and tests use the "
+            f"{col.shared} items every row has, the means each row's own items."
+        )
+    elif not col.rows and col.own:
+        out.append(f"{what}: the rows share no item, so there are no intervals or significance marks.")
+    return out
+
+
+def mark_note(task: TaskInfo, col: items.Column | None) -> str:
+    """Why the column's marks are what they are (nothing when fewer than two students or no samples)."""
+    if col is None or col.status in (items.ALONE, items.NO_SAMPLES):
+        return ""
+    what = f"{task.name} {task.metric}"
+    others = {k: v for k, v in col.p.items() if k != col.leader}
+    if col.status == items.MARKED:
+        return (
+            f"{what}: {col.leader} is significantly better than every other distilled student "
+            f"(paired test against each, {_p(max(others.values())).replace('=', '≤')})."
+        )
+    if col.status == items.TIED:
+        tied = [k for k in col.best if k != col.leader]
+        below = [k for k in others if k not in col.best]
+        return (
+            f"{what}: the bold cells are a tie for best: {col.leader} leads, but {_names(tied)} "
+            f"{'is' if len(tied) == 1 else 'are'} not significantly below it "
+            f"({', '.join(f'{k} {_p(col.p[k])}' for k in tied)}); {_names(below)} "
+            f"{'is' if len(below) == 1 else 'are'} ({', '.join(f'{k} {_p(col.p[k])}' for k in below)})."
+        )
+    return (
+        f"{what}: nothing marked: no distilled student is significantly below the leader {col.leader} "
+        f"({', '.join(f'{k} {_p(v)}' for k, v in others.items())}), so all tie."
+    )
 
 
 def gaps_table(board: pd.DataFrame, tasks: list[TaskInfo]) -> tuple[Table, list[str]]:
@@ -198,17 +313,17 @@ def gaps_table(board: pd.DataFrame, tasks: list[TaskInfo]) -> tuple[Table, list[
                 f"On {t.name} the teacher does not score above the student before, so gap closed "
                 "(and its sign) says nothing about progress there."
             )
-        for g, label, higher in [
-            (names.GAP, "gap (pts)", False),
-            (names.GAP_CLOSED, "gap closed (%)", True),
-            (names.RETENTION, "retention (%)", True),
-            (names.CHANCE_NORM, "chance-norm. (%)", True),
+        marked = _marked(board, t)  # gap metrics are functions of the task's score: its paired test marks them
+        for g, label in [
+            (names.GAP, "gap (pts)"),
+            (names.GAP_CLOSED, "gap closed (%)"),
+            (names.RETENTION, "retention (%)"),
+            (names.CHANCE_NORM, "chance-norm. (%)"),
         ]:
             head.append(label)
             cols.append(
                 (
-                    f"{t.name}.{g}" if ahead or g != names.GAP_CLOSED else "",
-                    higher,
+                    marked if ahead or g != names.GAP_CLOSED else set(),
                     lambda r, k=f"{t.name}.{g}": pct(r[k], r[f"{k}_std"], r["seeds"]),
                 )
             )
@@ -230,8 +345,52 @@ COST_COLUMNS = [  # (metric, header, lower is better, unit)
 
 
 def costs_table(board: pd.DataFrame) -> Table:
-    cols = [(c, not lower, lambda r, c=c, u=u: amount(r[c], u)) for c, _, lower, u in COST_COLUMNS]
+    cols = [(_best(board, c, not lower), lambda r, c=c, u=u: amount(r[c], u)) for c, _, lower, u in COST_COLUMNS]
     return _table(board, [h for _, h, _, _ in COST_COLUMNS], cols)
+
+
+def forgetting_table(
+    board: pd.DataFrame, rtasks: list[TaskInfo], columns: dict[str, items.Column]
+) -> tuple[Table | None, list[str]]:
+    """Per retention task the score (before: the student before's row; after: each algorithm's) and the
+    change after - before in points; then the mean change over the tasks. None when no row of the
+    setting has a retention score."""
+    rp = names.RETENTION_PREFIX
+    has = [f"{rp}{t.name}.mean" for t in rtasks if f"{rp}{t.name}.mean" in board]
+    rows = board[board[has].notna().any(axis=1)] if has else board.iloc[0:0]
+    if rows.empty:
+        return None, []
+    head, cols = [], []
+    for t in rtasks:
+        k = f"{rp}{t.name}"
+        head += ["score (%)", "change (pts)"]
+        cols.append(
+            (set(), lambda r, k=k: score(r[f"{k}.mean"], r[f"{k}.n"], _get(r, f"{k}.low"), _get(r, f"{k}.high")))
+        )
+        cols.append(
+            (
+                set(),
+                lambda r, k=k: (
+                    change(r[f"{k}.delta"], _get(r, f"{k}.delta_low"), _get(r, f"{k}.delta_high"))
+                    if r[names.ROLE] == names.ROLE_AFTER
+                    else "–"
+                ),
+            )
+        )
+    md = names.RETENTION_MEAN_DELTA
+    head.append("mean change (pts)")
+    cols.append(
+        (
+            set(),
+            lambda r: (
+                change(r[md], _get(r, f"{md}_low"), _get(r, f"{md}_high")) if r[names.ROLE] == names.ROLE_AFTER else "–"
+            ),
+        )
+    )
+    table = _table(rows, head, cols)
+    table.groups = [("", 1)] + [(f"{t.name} {t.metric}", 2) for t in rtasks] + [("all retention tasks", 1)]
+    notes = [n for t in rtasks for n in item_notes(t, columns.get(t.name))]
+    return table, notes
 
 
 # ---------------------------------------------------------------- provenance and samples
@@ -380,11 +539,21 @@ def header(cfg, name: str, ui: str, packs, algorithms, since) -> Report:
 
 
 def build_pack(
-    df: pd.DataFrame, pack: str, tasks: list[TaskInfo], board: pd.DataFrame, ui: str, load_samples, per_task: int
+    df: pd.DataFrame,
+    pack: str,
+    tasks: list[TaskInfo],
+    board: pd.DataFrame,
+    ui: str,
+    load_samples,
+    per_task: int,
+    evidence: items.Evidence | None = None,
+    rtasks: list[TaskInfo] | None = None,
 ) -> PackSection:
     """A pack's section: per (teacher, student) setting its tables, provenance and samples.
 
-    load_samples: run ids -> {run_id: samples.json content}."""
+    load_samples: run ids -> {run_id: samples.json content}; evidence: the board's per-item columns
+    (items.annotate); rtasks: the retention tasks outside the pack."""
+    evidence = evidence or items.Evidence()
     section = PackSection(pack, tasks, [])
     if any(t.inferred for t in tasks):
         section.note = (
@@ -397,6 +566,13 @@ def build_pack(
         sources = sample_sources(runs, setting)
         samples = samples_for(tasks, sources, load_samples([rid for _, rid in sources]), per_task)
         gaps, notes = gaps_table(setting, tasks)
+        columns = evidence.scores.get((str(teacher), str(student)), {})
+        score_notes = [n for t in tasks if (n := subset_note(setting, t, columns.get(t.name)))]
+        score_notes += [n for t in tasks if (n := mark_note(t, columns.get(t.name)))]
+        score_notes += [n for t in tasks for n in item_notes(t, columns.get(t.name))]
+        forgetting, forgetting_notes = forgetting_table(
+            setting, rtasks or [], evidence.retention.get((str(teacher), str(student)), {})
+        )
         section.settings.append(
             Setting(
                 teacher=short_ref(teacher),
@@ -408,30 +584,86 @@ def build_pack(
                 runs=runs_table(runs, ui),
                 samples=samples,
                 notes=notes,
+                score_notes=score_notes,
+                forgetting=forgetting,
+                forgetting_notes=forgetting_notes,
             )
         )
     return section
 
 
-def summary_table(summ: pd.DataFrame, rates: pd.DataFrame, n_columns: int) -> Table:
-    """Pack × algorithm headline scores, with the mean win rate; best algorithm per column in bold."""
+def summary_table(
+    columns: list[SummaryColumn],
+    rates: pd.DataFrame,
+    n_columns: int,
+    forgetting: dict[str, tuple[float, float, float]] | None = None,
+) -> Table:
+    """Pack × algorithm headline scores with their intervals, the forgetting (when retention tasks were
+    scored) and the mean win rate. Scores are marked as in the pack's scores table (paired tests); the
+    best win rate is in bold."""
     rate = dict(zip(rates[names.ALGORITHM], rates["win_rate"], strict=False))
-    algos = [a for a in rates[names.ALGORITHM] if a in summ.index]
-    algos += sorted(a for a in summ.index if a not in algos and a not in ("teacher", "student before"))
-    order = [r for r in ("teacher", "student before") if r in summ.index] + algos
-    t = Table(["model", *[f"{c} (%)" for c in summ.columns], f"mean win rate (%, {n_columns} columns)"])
-    best = {}
-    for c in summ.columns:
-        s = summ.loc[algos, c].dropna()
-        best[c] = set(s.index[s == s.max()]) if len(s) > 1 and s.max() != s.min() else set()
+    labels = {r for c in columns for r in c.rows.index}
+    algos = [a for a in rates[names.ALGORITHM] if a in labels]
+    algos += sorted(a for a in labels if a not in algos and a not in ("teacher", "student before"))
+    order = [r for r in ("teacher", "student before") if r in labels] + algos
+    head = ["model", *[f"{c.label} (%)" for c in columns]]
+    if forgetting:
+        head.append("forgetting (pts)")
+    t = Table([*head, f"mean win rate (%, {n_columns} columns)"])
     top = max(rate.values()) if len(rate) > 1 and len(set(rate.values())) > 1 else None
     for r in order:
         kind = {"teacher": "teacher", "student before": "before"}.get(r, "student")
-        label = {"student before": "student (before)"}.get(r, r)
-        cells = [Cell(label)] + [
-            Cell(pct(summ.loc[r, c]), best=r in best[c] and not _nan(summ.loc[r, c])) for c in summ.columns
-        ]
+        cells = [Cell({"student before": "student (before)"}.get(r, r))]
+        for c in columns:
+            if r not in c.rows.index:
+                cells.append(Cell("–"))
+                continue
+            row, k = c.rows.loc[r], c.task.name
+            text = score(row[f"{k}.mean"], row[f"{k}.n"], _get(row, f"{k}.low"), _get(row, f"{k}.high"))
+            marked = f"{k}.best" in row and bool(row[f"{k}.best"])
+            cells.append(Cell(text, best=marked and text != "–"))
+        if forgetting:
+            cells.append(Cell(change(*forgetting[r]) if r in forgetting else "–"))
         cells.append(Cell(pct(rate[r]), best=rate[r] == top) if r in rate else Cell("–"))
         t.rows.append(cells)
         t.kinds.append(kind)
     return t
+
+
+def summary_notes(columns: list[SummaryColumn], evidence: dict[str, items.Evidence]) -> list[str]:
+    """Ties and missing samples behind the summary's marks, one line per column that has either."""
+    out = []
+    for c in columns:
+        col = evidence[c.pack].column(c.teacher, c.student, c.task.name) if c.pack in evidence else None
+        if col is None:
+            continue
+        if col.status == items.TIED:
+            out.append(f"{c.label}: the bold cells are a tie for best (none is significantly below the leader).")
+        elif col.status == items.NO_SAMPLES:
+            out.append(f"{c.label}: no marks, per-item samples are missing for {_names(col.without)}.")
+    return out
+
+
+def win_note(columns: dict[str, dict[str, float]], matrices: dict[str, dict], forgetting: bool = False) -> str:
+    """The summary's note: the columns of the mean win rate and how each was decided."""
+    contested = [c for c, v in columns.items() if len(v) > 1]
+    by_mean = [c for c in contested if c not in matrices]
+    text = (
+        "Mean win rate over the (pack, task) columns: "
+        + "; ".join(columns)
+        + ". In each column an algorithm scores its share of the contests with the others: a significant win "
+        "(paired test over items, p < 0.05) counts 1, a tie (no significant difference) 1/2, a significant "
+        "loss 0."
+    )
+    if by_mean:
+        text += (
+            " Where per-item samples are missing for some algorithm, a column compares means instead (the "
+            "higher mean wins, equal means tie): " + "; ".join(by_mean) + "."
+        )
+    text += " Each pack column of the table shows its first task's headline metric."
+    if forgetting:
+        text += (
+            " forgetting (pts): the mean change on the retention tasks outside the pack, after − before "
+            "(negative: the student forgot), averaged over the packs, with its 95% interval; not marked."
+        )
+    return text

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from kdbench.errors import RuntimeFailure
 from kdbench.report.document import Report
-from kdbench.report.markdown import DEFINITIONS
+from kdbench.report.markdown import FORGETTING_NOTE, GAP_NOTE, LEGEND, definitions
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "reports" / "templates"
 TEMPLATE = "report.html.j2"
@@ -39,6 +39,13 @@ def render(r: Report, out_dir: Path, templates: Path = TEMPLATES) -> str:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    figures = [f for f in [r.gap_figure, *[p.figure for p in r.packs]] if f is not None]
+    figures = [f for f in [r.gap_figure, *[x for p in r.packs for x in (p.figure, p.forgetting_figure)]] if f]
     images = {f.file: data_uri(out_dir / f.file) for f in figures}
-    return env.get_template(TEMPLATE).render(report=r, images=images, definitions=DEFINITIONS)
+    return env.get_template(TEMPLATE).render(
+        report=r,
+        images=images,
+        definitions=definitions(r),
+        legend=LEGEND.replace("**", ""),  # the Markdown legend as text
+        gap_note=GAP_NOTE,
+        forgetting_note=FORGETTING_NOTE,
+    )

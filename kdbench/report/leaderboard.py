@@ -5,10 +5,16 @@ teacher, the student before distillation, and one row per algorithm with every
 number aggregated over seeds as mean, std and n. When a run was repeated (new
 code, new config) only the newest run per (role, model, algorithm, seed) counts.
 
+Scores on retention tasks outside the pack (``retention.<task>.<metric>``, logged
+by student runs) become forgetting columns: ``retention.<task>.mean`` etc., the
+change ``retention.<task>.delta`` and ``retention.mean_delta``.
+
 Across packs, ``summary`` puts the headline score of each pack's first task side
 by side and ``win_rates`` ranks algorithms HELM-style: in every (pack, task)
-column an algorithm scores the fraction of the other algorithms it beats (ties
-count half); its mean win rate is the average over the columns it appears in.
+column an algorithm scores its share of contests with the other algorithms: a
+significant win (paired test over items) counts 1, a tie 1/2, where per-item
+samples exist; elsewhere a higher mean wins. Its mean win rate is the average
+over the columns it appears in.
 """
 
 # pandas types df[mask], df[col] and .loc[...] as Series | ndarray | scalar unions, so these rules
@@ -27,12 +33,24 @@ import pandas as pd
 from kdbench import names
 from kdbench.metrics import chance_normalized, gap_metrics
 from kdbench.packs import load_pack
+from kdbench.report import stats
 
 ROLE_ORDER = {names.ROLE_TEACHER: 0, names.ROLE_BEFORE: 1, names.ROLE_AFTER: 2}
 EVAL_ROLES = list(ROLE_ORDER)
 GAPS = (*names.GAPS, names.CHANCE_NORM)
 COSTS = names.COSTS
-_NOT_TASKS = ("m:train", "m:cost", "m:eval", "m:dataset", "m:decontam", "m:teacher", "m:dropped", "m:filter_rate")
+_NOT_TASKS = (
+    "m:train",
+    "m:cost",
+    "m:eval",
+    "m:dataset",
+    "m:decontam",
+    "m:teacher",
+    "m:dropped",
+    "m:filter_rate",
+    "m:" + names.RETENTION_PREFIX,
+)
+PREFERRED = ("acc", "rougeL", "exact_match", "f1")  # the headline metric of a task known by its metrics only
 
 
 @dataclass
@@ -42,6 +60,7 @@ class TaskInfo:
     chance: float  # score of random guessing (1 / choices for multiple choice, else 0)
     kind: str = "generation"  # multiple_choice | generation
     inferred: bool = False  # from metric names: the pack is not present here
+    total: int | None = None  # items the task holds (known when the pack is loadable here)
 
 
 def _infer_tasks(df: pd.DataFrame, skip: set[str]) -> list[TaskInfo]:
@@ -58,7 +77,7 @@ def _infer_tasks(df: pd.DataFrame, skip: set[str]) -> list[TaskInfo]:
     for n in names:
         metrics = [c[len(n) + 3 :] for c in df.columns if c.startswith(f"m:{n}.") and c.count(".") == 1]
         metrics = [m for m in metrics if not m.endswith("_stderr") and m != "n" and df[f"m:{n}.{m}"].notna().any()]
-        for pick in ("acc", "rougeL", "exact_match", "f1", *sorted(metrics)):
+        for pick in (*PREFERRED, *sorted(metrics)):
             if pick in metrics:
                 mc = pick.startswith("acc")
                 out.append(TaskInfo(n, pick, 0.25 if mc else 0.0, "multiple_choice" if mc else "generation", True))
@@ -93,8 +112,27 @@ def task_info(pack_name: str, df: pd.DataFrame, where: str | None = None) -> lis
             continue
         items = pack.eval_items[t.name]
         chance = float(np.mean([1 / len(i.choices) for i in items])) if t.kind == "multiple_choice" else 0.0
-        out.append(TaskInfo(t.name, t.metric, chance, t.kind))
+        out.append(TaskInfo(t.name, t.metric, chance, t.kind, total=len(items)))
     return out + _infer_tasks(d, {t.name for t in pack.spec.eval.tasks})
+
+
+def retention_tasks(df: pd.DataFrame) -> list[TaskInfo]:
+    """The retention tasks outside the pack whose scores the runs logged (``retention.<task>.<metric>``),
+    each with its headline metric; [] when no run has any."""
+    prefix = "m:" + names.RETENTION_PREFIX
+    metrics: dict[str, list[str]] = {}
+    for c in df.columns:
+        if not c.startswith(prefix) or not df[c].notna().any():
+            continue
+        parts = c[len(prefix) :].split(".")
+        if len(parts) == 2 and parts[1] != "n" and not parts[1].endswith("_stderr"):
+            metrics.setdefault(parts[0], []).append(parts[1])
+    out = []
+    for task in sorted(metrics):
+        pick = next(m for m in (*PREFERRED, *sorted(metrics[task])) if m in metrics[task])
+        mc = pick.startswith("acc")
+        out.append(TaskInfo(task, pick, 0.25 if mc else 0.0, "multiple_choice" if mc else "generation", True))
+    return out
 
 
 def latest(df: pd.DataFrame) -> pd.DataFrame:
@@ -116,8 +154,12 @@ def _col(runs: pd.DataFrame, name: str) -> pd.Series:
     return runs[name] if name in runs else pd.Series([math.nan] * len(runs), index=runs.index)
 
 
-def leaderboard(df: pd.DataFrame, pack: str, tasks: list[TaskInfo]) -> pd.DataFrame:
-    """One row per model of each setting: scores (mean, std, n) per task, gap metrics, cost."""
+def leaderboard(
+    df: pd.DataFrame, pack: str, tasks: list[TaskInfo], rtasks: list[TaskInfo] | None = None
+) -> pd.DataFrame:
+    """One row per model of each setting: scores (mean, std, n) per task, gap metrics, cost, and the
+    scores on the retention tasks ``rtasks`` with their change (after - before)."""
+    rtasks = rtasks or []
     d = latest(df[(df[names.PACK] == pack) & df[names.ROLE].isin(EVAL_ROLES)])
     teachers = d[d[names.ROLE] == names.ROLE_TEACHER]
     befores = d[d[names.ROLE] == names.ROLE_BEFORE]
@@ -130,11 +172,14 @@ def leaderboard(df: pd.DataFrame, pack: str, tasks: list[TaskInfo]) -> pd.DataFr
         setting = {names.PACK: pack, names.TEACHER: t_ref, names.STUDENT: s_ref}
         teacher_mean = {x.name: agg(_col(t, f"m:{x.name}.{x.metric}"))[0] for x in tasks}
         if not t.empty:
-            rows.append(_row(setting, "teacher", names.ROLE_TEACHER, t, tasks, teacher_mean))
-        if not b.empty:
-            rows.append(_row(setting, "student before", names.ROLE_BEFORE, b, tasks, teacher_mean))
+            rows.append(_row(setting, "teacher", names.ROLE_TEACHER, t, tasks, teacher_mean, rtasks))
+        before = {} if b.empty else _row(setting, "student before", names.ROLE_BEFORE, b, tasks, teacher_mean, rtasks)
+        if before:
+            rows.append(before)
         for algo, runs in after_group.groupby("algorithm"):
-            rows.append(_row(setting, str(algo), names.ROLE_AFTER, runs, tasks, teacher_mean))
+            rows.append(
+                _changes(_row(setting, str(algo), names.ROLE_AFTER, runs, tasks, teacher_mean, rtasks), before, rtasks)
+            )
     if not rows and not teachers.empty:  # baselines only (no algorithm finished yet)
         for _, runs in teachers.groupby(names.TEACHER):
             rows.append(
@@ -145,6 +190,7 @@ def leaderboard(df: pd.DataFrame, pack: str, tasks: list[TaskInfo]) -> pd.DataFr
                     runs,
                     tasks,
                     {},
+                    rtasks,
                 )
             )
     out = pd.DataFrame(rows)
@@ -167,7 +213,13 @@ def _gaps(role: str, task: TaskInfo, runs: pd.DataFrame, teacher_mean: float) ->
 
 
 def _row(
-    setting: dict, label: str, role: str, runs: pd.DataFrame, tasks: list[TaskInfo], teacher_mean: dict[str, float]
+    setting: dict,
+    label: str,
+    role: str,
+    runs: pd.DataFrame,
+    tasks: list[TaskInfo],
+    teacher_mean: dict[str, float],
+    rtasks: list[TaskInfo],
 ) -> dict:
     seeds = sorted(runs[names.SEED].dropna().astype(str)) if names.SEED in runs else []
     row = {
@@ -189,10 +241,35 @@ def _row(
         )
         for g in GAPS:
             row[f"{t.name}.{g}"], row[f"{t.name}.{g}_std"], _ = agg(per_run[g])
+    for t in rtasks:
+        base = names.retention(t.name, t.metric)
+        k = names.RETENTION_PREFIX + t.name
+        row[f"{k}.mean"], row[f"{k}.std"], row[f"{k}.n"] = agg(_col(runs, f"m:{base}"))
+        row[f"{k}.items"] = agg(_col(runs, f"m:{names.retention(t.name, 'n')}"))[0]
+        row[f"{k}.delta"], row[f"{k}.delta_std"], _ = agg(_col(runs, f"m:{base}.{names.RETENTION_DELTA}"))
+    if rtasks:
+        md = names.RETENTION_MEAN_DELTA
+        row[md], row[f"{md}_std"], _ = agg(_col(runs, f"m:{md}"))
     for c in COSTS:
         row[c] = agg(_col(runs, f"m:{c}"))[0]
     if role != names.ROLE_AFTER:  # a baseline's only cost is its evaluation
         row[names.COST_EVAL_SECONDS] = agg(_col(runs, f"m:{names.EVAL_SECONDS}"))[0]
+    return row
+
+
+def _changes(row: dict, before: dict, rtasks: list[TaskInfo]) -> dict:
+    """Retention changes the runs did not log, from the means: after - before per task, and their mean."""
+    if not rtasks:
+        return row
+    deltas = []
+    for t in rtasks:
+        k = names.RETENTION_PREFIX + t.name
+        if not np.isfinite(row[f"{k}.delta"]):
+            row[f"{k}.delta"] = row[f"{k}.mean"] - before.get(f"{k}.mean", math.nan)
+        deltas.append(row[f"{k}.delta"])
+    md = names.RETENTION_MEAN_DELTA
+    if not np.isfinite(row[md]) and all(np.isfinite(deltas)):
+        row[md] = float(np.mean(deltas))
     return row
 
 
@@ -220,48 +297,81 @@ def short_ref(ref: str) -> str:
     return "/".join(p.parts[-2:]) if p.is_absolute() else ref
 
 
-def summary(boards: dict[str, pd.DataFrame], tasks: dict[str, list[TaskInfo]]) -> pd.DataFrame:
-    """Rows: teacher, student before, each algorithm; columns: the headline score (mean over
-    seeds) of each pack's first task, one column per (pack, student) setting."""
-    cols: dict[str, dict[str, float]] = {}
+@dataclass
+class SummaryColumn:
+    """One column of the summary: a (pack, teacher, student) setting's headline task."""
+
+    label: str
+    pack: str
+    teacher: str
+    student: str
+    task: TaskInfo
+    rows: pd.DataFrame  # the setting's board rows, indexed by row label
+
+
+def summary(boards: dict[str, pd.DataFrame], tasks: dict[str, list[TaskInfo]]) -> list[SummaryColumn]:
+    """The headline score of each pack's first task, one column per (pack, teacher, student) setting;
+    rows teacher, student before, each algorithm."""
+    cols = []
     for pack, board in boards.items():
         h = headline(tasks[pack])
         if board.empty or h is None:
             continue
-        students = board[names.STUDENT].unique()
-        for student, setting in board.groupby(names.STUDENT, sort=False):
-            col = f"{_setting_label(pack, student, len(students) > 1)}: {h.name} {h.metric}"
-            cols[col] = {r["row"]: r[f"{h.name}.mean"] for _, r in setting.iterrows()}
-    rows = ["teacher", "student before"]
-    rows += sorted({k for c in cols.values() for k in c} - set(rows))
-    return pd.DataFrame({c: [v.get(r, math.nan) for r in rows] for c, v in cols.items()}, index=rows)
+        for (teacher, student), setting in board.groupby([names.TEACHER, names.STUDENT], sort=False):
+            label = f"{_label(board, pack, teacher, student)}: {h.name} {h.metric}"
+            cols.append(SummaryColumn(label, pack, str(teacher), str(student), h, setting.set_index("row")))
+    return cols
 
 
-def win_columns(boards: dict[str, pd.DataFrame], tasks: dict[str, list[TaskInfo]]) -> dict[str, dict[str, float]]:
-    """{column: {algorithm: mean score}} over every (pack, student, task), headline metric of each task."""
-    out: dict[str, dict[str, float]] = {}
+def _label(board: pd.DataFrame, pack: str, teacher, student) -> str:
+    label = _setting_label(pack, student, board[names.STUDENT].nunique() > 1)
+    if board[names.TEACHER].nunique() > 1:
+        label += f" from {short_ref(teacher)}"
+    return label
+
+
+def win_columns(
+    boards: dict[str, pd.DataFrame], tasks: dict[str, list[TaskInfo]], evidence: dict | None = None
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, np.ndarray]]]:
+    """Over every (pack, teacher, student, task), the headline metric of each task: ({column: {algorithm:
+    mean score}}, {column: {algorithm: per-item scores [S, N]}}); the second only for columns where every
+    algorithm has per-item samples (evidence: {pack: items.Evidence})."""
+    means: dict[str, dict[str, float]] = {}
+    matrices: dict[str, dict[str, np.ndarray]] = {}
     for pack, board in boards.items():
         if board.empty:
             continue
         afters = board[board[names.ROLE] == names.ROLE_AFTER]
-        students = board[names.STUDENT].unique()
-        for student, setting in afters.groupby(names.STUDENT, sort=False):
+        for (teacher, student), setting in afters.groupby([names.TEACHER, names.STUDENT], sort=False):
             for t in tasks[pack]:
                 vals = {
                     r["row"]: r[f"{t.name}.mean"] for _, r in setting.iterrows() if np.isfinite(r[f"{t.name}.mean"])
                 }
-                if vals:
-                    out[f"{_setting_label(pack, student, len(students) > 1)}: {t.name} {t.metric}"] = vals
-    return out
+                if not vals:
+                    continue
+                label = f"{_label(board, pack, teacher, student)}: {t.name} {t.metric}"
+                means[label] = vals
+                col = evidence[pack].column(str(teacher), str(student), t.name) if evidence else None
+                if col is not None and all(a in col.rows for a in vals):
+                    matrices[label] = {a: col.rows[a] for a in vals}
+    return means, matrices
 
 
-def win_rates(columns: dict[str, dict[str, float]], tol: float = 1e-9) -> pd.DataFrame:
+def win_rates(
+    columns: dict[str, dict[str, float]], matrices: dict[str, dict[str, np.ndarray]] | None = None, tol: float = 1e-9
+) -> pd.DataFrame:
     """HELM-style mean win rate per algorithm, best first. In each column with at least two
-    algorithms, an algorithm's win rate is (wins + ties/2) / (others); columns: how many it
-    was compared in."""
+    algorithms, an algorithm's win rate is (wins + ties/2) / (others): with per-item scores
+    (``matrices``) a win is significant by the paired test and a tie is no significant difference;
+    without them a win is a higher mean and a tie equal means. columns: how many it was compared in."""
     rates: dict[str, list[float]] = {}
-    for vals in columns.values():
+    for label, vals in columns.items():
         if len(vals) < 2:
+            continue
+        m = (matrices or {}).get(label)
+        if m is not None and all(a in m for a in vals):
+            for a, w in stats.win_rate({a: m[a] for a in vals}).items():
+                rates.setdefault(a, []).append(w)
             continue
         for a, va in vals.items():
             others = [vb for b, vb in vals.items() if b != a]

@@ -8,10 +8,33 @@ punctuation backslash-escaped, newlines become ``<br>``, so a model's output
 from __future__ import annotations
 
 import html
+import re
 
-from kdbench.report.document import Cell, PackSection, Report, Sample, Setting, Table
+from kdbench.report import stats
+from kdbench.report.document import Cell, Figure, PackSection, Report, Sample, Setting, Table
 
 DEFINITIONS = [
+    (
+        "score",
+        (
+            "mean [low, high] (n=S), in percent: the mean over S seeds of the task's headline metric, and its "
+            "95% interval over seeds and eval items; [–]: the row's runs logged no per-item samples, so no "
+            "interval"
+        ),
+    ),
+    ("95% interval and tests", stats.method()),
+    (
+        "bold (scores)",
+        (
+            "in each column the leading distilled student is bold only when the paired test finds it "
+            "significantly better than every other distilled student; when some are not significantly below "
+            "it, all of those are bold: several bold cells in a column are a tie for best; when none is "
+            "significantly below the leader (all tie), or a student has no per-item samples, nothing is bold. "
+            "The gap table's columns of a task carry the marks of its score column (they are functions of "
+            "the score), gap closed only where the teacher beats the student before; costs mark the "
+            "lowest (highest for tokens/s) value"
+        ),
+    ),
     ("gap", "teacher − student, in points of the task's headline metric"),
     (
         "gap closed",
@@ -25,15 +48,54 @@ DEFINITIONS = [
     (
         "mean win rate",
         (
-            "HELM-style: in each (pack, task) column an algorithm gets the fraction of the other "
-            "algorithms it beats on the task's headline metric (ties count half); averaged over columns"
+            "HELM-style: in each (pack, task) column an algorithm gets its share of the contests with the "
+            "other algorithms on the task's headline metric: a significant win by the paired test counts 1, "
+            "a tie 1/2, a significant loss 0 (columns without per-item samples compare means: the higher wins, "
+            "equal means tie); averaged over columns"
+        ),
+    ),
+    (
+        "forgetting",
+        (
+            "scores on retention tasks outside the pack (other packs' tasks, public benchmarks) before and "
+            "after distillation; change = after − before in points (negative: the student forgot), its 95% "
+            "interval from the same bootstrap, items paired; forgetting (pts) in the summary is the mean "
+            "change over the retention tasks"
+        ),
+    ),
+    ("domain gain", "student after − student before on the pack's headline task, in points"),
+    (
+        "stratified subset",
+        (
+            "the evaluation scored N of the task's M items, drawn across the task's strata; scores and "
+            "intervals are over those N items"
         ),
     ),
 ]
 
+FORGETTING_TERMS = ("forgetting", "domain gain")
+
+
+def definitions(r: Report) -> list[tuple[str, str]]:
+    """The definitions a report needs: forgetting's only when some run scored retention tasks."""
+    forgetting = any(s.forgetting is not None for p in r.packs for s in p.settings)
+    return [(k, v) for k, v in DEFINITIONS if forgetting or k not in FORGETTING_TERMS]
+
+
 LEGEND = (
-    "Scores are percentages: mean ± std over seeds, n = number of seeds. **Bold**: the best "
-    "distilled student in its column."
+    "Scores are percentages: mean [95% interval over seeds and eval items] (n = number of seeds); [–]: no "
+    "per-item samples, so no interval. **Bold**: the best distilled student, marked only where a paired "
+    "test over items finds it significantly better (p < 0.05) than every other one; several bold cells "
+    "in a column are a tie for best, and a column where all tie has none. Method: see Definitions."
+)
+GAP_NOTE = (
+    "Mean ± std over seeds. Bold: the marks of the task's score column (the gap metrics are functions of "
+    "the score, so the same paired test decides)."
+)
+FORGETTING_NOTE = (
+    "Scores on tasks outside the pack, before distillation (the student before's row) and after (each "
+    "algorithm's), and the change after − before in points with its 95% interval (negative: the student "
+    "forgot); nothing is marked."
 )
 COST_NOTE = (
     "Means over seeds; teacher tokens are those generated for the training data, charged to every "
@@ -64,8 +126,13 @@ def anchor(heading: str) -> str:
     return "".join(ch for ch in heading.lower().replace(" ", "-") if ch.isalnum() or ch in "-_")
 
 
+# the numbers document.py writes ('55.0 [45.0, 65.0] (n=2)', '-3.5 [–]', '1,000'): no text, no link
+# (a space always separates ']' from '('), so their brackets stay as they are and the source reads well
+_NUMBER = re.compile(r"[-+0-9.,±– ]*(\[[-+0-9.,– ]*\])?( \(n=\d+\))?")
+
+
 def cell(c: Cell) -> str:
-    text = code(c.text) if c.code else esc(c.text)
+    text = code(c.text) if c.code else c.text if _NUMBER.fullmatch(c.text) else esc(c.text)
     if c.href:
         text = f"[{text}]({c.href})"
     return f"**{text}**" if c.best else text
@@ -91,7 +158,15 @@ def _sample(s: Sample, level: str) -> list[str]:
     ]
 
 
-def _setting(s: Setting, level: str, figure_md: list[str]) -> list[str]:
+def _notes(notes: list[str]) -> list[str]:
+    return [*[f"- {esc(n)}" for n in notes], ""] if notes else []
+
+
+def figure(f: Figure | None) -> list[str]:
+    return [f"![{esc(f.caption)}]({f.file})", "", f"*{esc(f.caption)}*", ""] if f else []
+
+
+def _setting(s: Setting, level: str, figure_md: list[str], forgetting_md: list[str]) -> list[str]:
     out = [
         f"Teacher {code(s.teacher)}, student {code(s.student)}.",
         "",
@@ -99,11 +174,19 @@ def _setting(s: Setting, level: str, figure_md: list[str]) -> list[str]:
         "",
         table(s.scores),
         "",
+        *_notes(s.score_notes),
         f"{level} Gap to the teacher",
+        "",
+        GAP_NOTE,
         "",
         table(s.gaps),
         "",
         *[x for n in s.notes for x in (f"*{esc(n)}*", "")],
+    ]
+    if s.forgetting is not None:
+        out += [f"{level} Forgetting", "", FORGETTING_NOTE, "", table(s.forgetting), "", *_notes(s.forgetting_notes)]
+        out += forgetting_md
+    out += [
         f"{level} Cost",
         "",
         COST_NOTE,
@@ -128,12 +211,17 @@ def _pack(p: PackSection) -> list[str]:
         out += [esc(p.note), ""]
     if not p.settings:
         return out + ["No runs yet.", ""]
-    figure = [f"![{esc(p.figure.caption)}]({p.figure.file})", "", f"*{esc(p.figure.caption)}*", ""] if p.figure else []
     many = len(p.settings) > 1
+    forgetting_at = next((i for i, s in enumerate(p.settings) if s.forgetting is not None), None)
     for i, s in enumerate(p.settings):
         if many:
             out += [f"### {esc(s.student)} distilled from {esc(s.teacher)}", ""]
-        out += _setting(s, "####" if many else "###", figure if i == 0 else [])
+        out += _setting(
+            s,
+            "####" if many else "###",
+            figure(p.figure) if i == 0 else [],
+            figure(p.forgetting_figure) if i == forgetting_at else [],
+        )
     if p.csv:
         out += [f"All numbers of this pack: [{esc(p.csv)}]({p.csv}).", ""]
     return out
@@ -164,10 +252,9 @@ def render(r: Report) -> str:
         "",
     ]
     if r.summary is not None:
-        out += ["## Summary across packs", "", table(r.summary), "", esc(r.win_note), ""]
-    if r.gap_figure:
-        out += [f"![{esc(r.gap_figure.caption)}]({r.gap_figure.file})", "", f"*{esc(r.gap_figure.caption)}*", ""]
+        out += ["## Summary across packs", "", table(r.summary), "", *_notes(r.summary_notes), esc(r.win_note), ""]
+    out += figure(r.gap_figure)
     for p in r.packs:
         out += _pack(p)
-    out += ["## Definitions", "", *[f"- **{esc(k)}**: {esc(v)}" for k, v in DEFINITIONS], ""]
+    out += ["## Definitions", "", *[f"- **{esc(k)}**: {esc(v)}" for k, v in definitions(r)], ""]
     return "\n".join(out) + "\n"

@@ -171,6 +171,62 @@ def score_vs_cost(
     return _save(fig, path)
 
 
+def _err(x: float, low: float, high: float) -> list[list[float]] | None:
+    """Asymmetric error bar from a 95% interval (in points), or None without one."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return None
+    return [[max(0.0, x - 100 * low)], [max(0.0, 100 * high - x)]]
+
+
+def gain_vs_forgetting(
+    board: pd.DataFrame, tasks: list[TaskInfo], pack: str, style: dict[str, tuple[str, str]], path: Path
+) -> Path | None:
+    """Domain gain on the headline task (student after - before, points) against the change on the
+    retention tasks outside the pack (mean over them, points; negative: forgot), one marker per
+    algorithm; error bars are 95% intervals where the runs have per-item samples. None when no run
+    has retention scores."""
+    h = headline(tasks)
+    md = names.RETENTION_MEAN_DELTA
+    if h is None or board.empty or md not in board or f"{h.name}.gain" not in board:
+        return None
+    afters = board[board[names.ROLE] == names.ROLE_AFTER]
+    afters = afters[np.isfinite(afters[md].astype(float)) & np.isfinite(afters[f"{h.name}.gain"].astype(float))]
+    if afters.empty:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    many = afters[names.STUDENT].nunique() > 1
+    ax.axhline(0, color="#444", lw=0.8)
+    ax.axvline(0, color="#444", lw=0.8)
+    for _, r in afters.iterrows():
+        x, y = 100 * r[md], 100 * r[f"{h.name}.gain"]
+        colour, marker = style[r["row"]]
+        ax.errorbar(
+            x,
+            y,
+            xerr=_err(x, r.get(f"{md}_low", np.nan), r.get(f"{md}_high", np.nan)),
+            yerr=_err(y, r.get(f"{h.name}.gain_low", np.nan), r.get(f"{h.name}.gain_high", np.nan)),
+            fmt=marker,
+            color=colour,
+            ms=9,
+            mfc="none",
+            mew=2,
+            capsize=3,
+            label=r["row"] + (f" ({Path(r['student']).name})" if many else ""),
+        )
+    ax.set_xlabel("change on retention tasks (pts, mean over them; < 0: forgot)")
+    ax.set_ylabel(f"domain gain: {h.name} {h.metric}, after − before (pts)")
+    ax.set_title(f"{pack}: domain gain against forgetting (95% intervals)")
+    ends = [100 * afters[c].to_numpy(dtype=float) for c in (md, f"{md}_low", f"{md}_high") if c in afters]
+    _pad(ax, pd.Series(np.concatenate([*ends, [0.0]])))  # the bars and 0 (no change) in view
+    handles, labels = ax.get_legend_handles_labels()
+    seen = dict(zip(labels, handles, strict=False))
+    ax.legend(
+        seen.values(), seen.keys(), title="algorithm", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False
+    )
+    return _save(fig, path)
+
+
 def _human(x: float, _pos=None) -> str:
     """Tick labels as 9.75, 950, 12k, 1.5M."""
     for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
