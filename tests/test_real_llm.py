@@ -149,9 +149,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def smol_server(smol):
-    """vLLM's OpenAI-compatible server on SmolLM2 (it renders the chat template itself)."""
+    """vLLM's OpenAI-compatible server on SmolLM2 (it renders the chat template itself); stopped after its test,
+    so it does not hold cores and memory while the rest of the module runs."""
     from kdbench.backends.vllm import worker_env
 
     py = _vllm_python()
