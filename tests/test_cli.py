@@ -45,7 +45,7 @@ def test_packs_list_and_validate(capsys):
         (["run", "lwa"], "unknown pack 'lwa' (did you mean 'law'?); packs found:"),
         (
             ["run", "law", "--algorithms", "sft,fkk"],
-            "unknown algorithm 'fkk' (did you mean 'fkl'?); available: sft, fkl",
+            "unknown algorithm 'fkk' (did you mean 'fkl'?); available: sft, gold, fkl",
         ),
         (["run", "law", "--methods", "labelling"], "unknown method 'labelling'"),
         (["run", "law", "--set", "distill.hparams.fkl.temprature=2"], "distill.hparams.fkl"),
