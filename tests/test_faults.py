@@ -246,3 +246,53 @@ def test_cache_folders_deleted_by_hand_are_rebuilt_behind_cached_prefect_results
         "teacher",
     ]
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_resumed_training_logs_each_curve_point_once(micro, tmp_path, monkeypatch, capsys):
+    """A run dies three steps past its checkpoint at step 5; the rerun resumes there. The curve's points of the
+    steps between the checkpoint and the death were never sent, so MLflow holds every step once."""
+    import kdbench.distill.run as distill_run
+    from kdbench import steps, tracking
+
+    class Killed(Exception):
+        pass
+
+    cfg = micro.cfg.model_copy(deep=True)
+    cfg.home = str(tmp_path / "home")
+    cfg.distill.train.max_steps = 12
+    cfg.distill.train.save_every = 5
+    cfg.distill.train.log_every = 1
+    config = cfg.model_dump(mode="json")
+    models = steps.Models(teacher=micro.models.teacher, students=[micro.models.student])
+    data = steps.dataset_step(config, steps.elicit_step(config, models), models)
+    t_eval = steps.baseline_step(config, "teacher", models, 0, data)
+    b_eval = steps.baseline_step(config, "student_before", models, 0, data)
+    real_train = distill_run.train
+
+    def train_dying_at_step_8(student, tokenizer, examples, step_fn, **kw):
+        def step(ctx, batch):
+            if ctx.step == 8:
+                raise Killed("killed at step 8")
+            return step_fn(ctx, batch)
+
+        return real_train(student, tokenizer, examples, step, **kw)
+
+    monkeypatch.setattr(distill_run, "train", train_dying_at_step_8)
+    with pytest.raises(Killed):
+        steps.student_step(config, "sft", 0, models, 0, data, t_eval, b_eval)
+    c = tracking.client(cfg)
+    run = next(
+        r
+        for r in c.search_runs([tracking.experiment_id(c, cfg, "geo")])
+        if r.data.tags["kdbench.role"] == "student_after"
+    )
+    steps_logged = lambda: sorted(m.step for m in c.get_metric_history(run.info.run_id, "train.loss"))  # noqa: E731
+    assert steps_logged() == [0, 1, 2, 3, 4]  # what the checkpoint at step 5 covers; 5, 6 and 7 were held back
+
+    monkeypatch.setattr(distill_run, "train", real_train)
+    capsys.readouterr()
+    row = steps.student_step(config, "sft", 0, models, 0, data, t_eval, b_eval)
+    assert row.run_id == run.info.run_id
+    assert "resuming from the checkpoint at step 5/12" in capsys.readouterr().out
+    assert steps_logged() == list(range(12))  # each step once
+    assert len(c.get_metric_history(run.info.run_id, "train.lr")) == 12
