@@ -125,6 +125,7 @@ def _save_checkpoint(ckpt: Path, model, optimizer, scheduler, step: int, extra: 
     )
     (tmp / "step.json").write_text(json.dumps({"step": step}))
     old = ckpt.with_name(ckpt.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)  # left by a save killed while removing it
     if ckpt.exists():
         ckpt.rename(old)
     tmp.rename(ckpt)
@@ -202,6 +203,10 @@ def train(
     out_dir = Path(out_dir)
     ckpt = out_dir / "checkpoint"
     start = 0
+    old = ckpt.with_name(ckpt.name + ".old")  # killed while swapping in a new one: the previous is whole
+    if not (ckpt / "step.json").exists() and (old / "step.json").exists():
+        shutil.rmtree(ckpt, ignore_errors=True)
+        old.rename(ckpt)
     if (ckpt / "step.json").exists():
         try:
             start = _load_checkpoint(ckpt, accelerator.unwrap_model(student), optimizer, scheduler, unwrapped)

@@ -16,6 +16,7 @@ from kdbench.packs.scaffold import scaffold
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
 MICRO = [
     "--set",
     "tiny.vocab_size=400",
@@ -296,3 +297,50 @@ def test_resumed_training_logs_each_curve_point_once(micro, tmp_path, monkeypatc
     assert "resuming from the checkpoint at step 5/12" in capsys.readouterr().out
     assert steps_logged() == list(range(12))  # each step once
     assert len(c.get_metric_history(run.info.run_id, "train.lr")) == 12
+
+
+BUILD_TINY = """
+import sys
+from kdbench.log import setup
+setup()
+import kdbench.models.tiny as tiny
+from kdbench.config import load_config
+from kdbench.packs import load_pack
+from tests.conftest import MICRO
+pack, home, epochs, save_every = sys.argv[1:]
+tiny.TEACHER_SAVE_EVERY = int(save_every)
+cfg = load_config(overrides={"pack": pack, "home": home, "tiny": {**MICRO, "teacher_epochs": float(epochs)}})
+tiny.build_tiny_models(load_pack(cfg.pack), cfg.tiny, cfg.home_path)
+"""
+
+
+def test_sigkill_mid_teacher_training_resumes_from_its_checkpoint(tmp_path):
+    """The tiny teacher checkpoints like students: a build killed mid-training resumes, not from zero."""
+    import json
+    import re
+
+    pack = scaffold("geo", tmp_path / "domains")
+    home = tmp_path / "home"
+    cmd = [sys.executable, "-c", BUILD_TINY, str(pack), str(home), "20", "10"]  # 90 steps, a checkpoint per 10
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    log = tmp_path / "first.log"
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    deadline, found = time.time() + 600, []
+    while time.time() < deadline and not found:
+        found = list(home.glob("models/geo-*/teacher-train/checkpoint/step.json"))
+        if proc.poll() is not None:
+            pytest.fail(f"the build ended before it could be killed:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+    assert found, log.read_text()[-3000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    root = found[0].parents[2]
+    step = json.loads((root / "teacher-train" / "checkpoint" / "step.json").read_text())["step"]
+    assert step > 0 and not (root / "DONE").exists()
+
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    resumed = re.search(r"geo: train tiny teacher: resuming from the checkpoint at step (\d+)/90", out.stdout)
+    assert resumed and int(resumed.group(1)) == step, out.stdout[-3000:]
+    assert (root / "DONE").exists() and not (root / "teacher-train").exists()
+    assert (root / "teacher" / "config.json").exists() and (root / "student" / "config.json").exists()
