@@ -65,7 +65,7 @@ def run_overrides(a: argparse.Namespace) -> dict:
         "models.teacher": a.teacher,
         "models.students": _csv(a.students),
         "distill.algorithms": _csv(a.algorithms),
-        "distill.seeds": [int(s) for s in _csv(a.seeds) or []] if a.seeds else None,
+        "distill.seeds": _seeds(a.seeds),
         "elicit.methods": _csv(a.methods),
         "elicit.backend": a.backend,
         "elicit.limit": a.seed_limit,
@@ -81,6 +81,15 @@ def run_overrides(a: argparse.Namespace) -> dict:
     for item in a.set or []:
         _parse_set(o, item)
     return o
+
+
+def _seeds(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(s) for s in _csv(text) or []]
+    except ValueError:
+        raise UserError(f"--seeds {text!r}: seeds are comma-separated integers, e.g. --seeds 0,1,2") from None
 
 
 def _parse_set(overrides: dict, item: str) -> None:
