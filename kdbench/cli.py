@@ -19,7 +19,7 @@ import yaml
 
 from kdbench import config as run_config
 from kdbench import log as kdlog
-from kdbench import schedule, tracking
+from kdbench import schedule, tracking, watchdog
 from kdbench.distill.registry import ALGORITHMS
 from kdbench.errors import KdbenchError, RuntimeFailure, UserError
 from kdbench.packs import list_packs, load_pack
@@ -107,6 +107,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     for p in packs:  # every pack checked before anything starts
         preflight(cfg.model_copy(update={"pack": p}))
     a.log_file = kdlog.setup(debug=a.debug, home=cfg.home_path)  # bad input above leaves no home behind
+    watchdog.start(a.log_file)  # stops Prefect's temporary server should this process be killed
     uri = tracking.tracking_uri(cfg)
     if tracking.sqlite_path(uri) is not None:  # made (or repaired, or refused) now, not after the first steps
         tracking.open_client(uri)

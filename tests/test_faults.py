@@ -2,6 +2,7 @@
 corrupted cache files, and two runs at once on one SQLite tracking file. For each:
 nothing already finished is lost or duplicated, and no MLflow run is left RUNNING."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -344,3 +345,53 @@ def test_sigkill_mid_teacher_training_resumes_from_its_checkpoint(tmp_path):
     assert resumed and int(resumed.group(1)) == step, out.stdout[-3000:]
     assert (root / "DONE").exists() and not (root / "teacher-train").exists()
     assert (root / "teacher" / "config.json").exists() and (root / "student" / "config.json").exists()
+
+
+def _prefect_server_below(pid: int) -> int | None:
+    """The pid of Prefect's temporary server among the descendants of ``pid``, once it runs."""
+    from kdbench.watchdog import _cmdline, descendants
+
+    for child in descendants(pid):
+        cmd = _cmdline(child)
+        if "uvicorn" in cmd and "prefect.server.api.server:create_app" in cmd:
+            return child
+    return None
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has stopped; whoever adopted it may not have reaped it yet
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the watchdog needs /proc (Linux)")
+def test_sigkill_of_kdbench_run_stops_its_prefect_server(tmp_path, env):
+    """SIGKILL of the CLI alone (not its process group) leaves Prefect's temporary server behind, unless the CLI's
+    watchdog stops it."""
+    pack = scaffold("geo", tmp_path / "domains")
+    home = tmp_path / "home"
+    cmd = kdbench_cmd(pack, home, "--algorithms", "sft", "--seeds", "0", "--epochs", "150")
+    log = tmp_path / "run.log"
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    server = None
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and server is None:
+            server = _prefect_server_below(proc.pid)
+            if proc.poll() is not None:
+                pytest.fail(f"the run ended before its server was seen:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        assert server is not None, log.read_text()[-3000:]
+        time.sleep(2.0)  # the watchdog looks at the CLI's children every second
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 15
+        while time.time() < deadline and _running(server):
+            time.sleep(0.2)
+        assert not _running(server), "Prefect's temporary server outlived the killed `kdbench run`"
+        assert "kdbench run" in (home / "logs" / "kdbench.log").read_text().split("kdbench.watchdog: ")[-1]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the run's process group
