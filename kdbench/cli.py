@@ -78,6 +78,8 @@ def run_overrides(a: argparse.Namespace) -> dict:
     for k, v in simple.items():
         if v is not None:
             _set(o, k, v)
+    if getattr(a, "trust_pack_code", False):
+        _set(o, "trust_pack_code", True)
     for item in a.set or []:
         _parse_set(o, item)
     return o
@@ -210,6 +212,37 @@ def cmd_config(a: argparse.Namespace) -> int:
     return 0
 
 
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of `kdbench run`."""
+    p.add_argument("--config", help="run config YAML (flags override it)")
+    p.add_argument("--teacher", help="teacher: hub id, local path, or 'tiny' (default: tiny)")
+    p.add_argument("--students", help="comma-separated students (default: tiny)")
+    p.add_argument("--algorithms", help=f"comma-separated, from: {','.join(ALGORITHMS)} (default: sft,fkl)")
+    p.add_argument("--seeds", help="comma-separated seeds (default: 0,1)")
+    p.add_argument("--methods", help="elicitation methods (default: labeling)")
+    p.add_argument("--backend", choices=["auto", "hf", "vllm", "openai"], help="teacher backend (default: auto)")
+    p.add_argument("--home", help="cache/checkpoint/tracking folder (default: .kdbench)")
+    p.add_argument("--report-dir", help="where leaderboards are written (default: reports/leaderboards)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite under --home)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--epochs", type=float, help="distillation epochs")
+    p.add_argument("--lora", action="store_true", help="train students with LoRA adapters (peft)")
+    p.add_argument("--public", action="store_true", help="also evaluate on the pack's public lm-eval tasks")
+    p.add_argument("--seed-limit", type=int, help="use only the first N seeds (quick looks)")
+    p.add_argument("--eval-limit", type=int, help="evaluate on the first N items per task (quick looks)")
+    p.add_argument(
+        "--trust-pack-code",
+        action="store_true",
+        help="run the Python code a pack ships (its eval/*.py); sets trust_pack_code: true",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any config key, e.g. --set distill.hparams.jsd.beta=0.9 (repeatable)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kdbench",
@@ -229,28 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="pack name (see `kdbench packs list`) or path to a pack folder; several, "
         "comma-separated, run as one benchmark with a report across them",
     )
-    r.add_argument("--config", help="run config YAML (flags override it)")
-    r.add_argument("--teacher", help="teacher: hub id, local path, or 'tiny' (default: tiny)")
-    r.add_argument("--students", help="comma-separated students (default: tiny)")
-    r.add_argument("--algorithms", help=f"comma-separated, from: {','.join(ALGORITHMS)} (default: sft,fkl)")
-    r.add_argument("--seeds", help="comma-separated seeds (default: 0,1)")
-    r.add_argument("--methods", help="elicitation methods (default: labeling)")
-    r.add_argument("--backend", choices=["auto", "hf", "vllm", "openai"], help="teacher backend (default: auto)")
-    r.add_argument("--home", help="cache/checkpoint/tracking folder (default: .kdbench)")
-    r.add_argument("--report-dir", help="where leaderboards are written (default: reports/leaderboards)")
-    r.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite under --home)")
-    r.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    r.add_argument("--epochs", type=float, help="distillation epochs")
-    r.add_argument("--lora", action="store_true", help="train students with LoRA adapters (peft)")
-    r.add_argument("--public", action="store_true", help="also evaluate on the pack's public lm-eval tasks")
-    r.add_argument("--seed-limit", type=int, help="use only the first N seeds (quick looks)")
-    r.add_argument("--eval-limit", type=int, help="evaluate on the first N items per task (quick looks)")
-    r.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="any config key, e.g. --set distill.hparams.jsd.beta=0.9 (repeatable)",
-    )
+    _run_flags(r)
     r.set_defaults(fn=cmd_run)
 
     sc = sub.add_parser(

@@ -135,3 +135,11 @@ def test_read_only_home_is_refused_in_one_line():
     finally:
         home.chmod(0o755)
         shutil.rmtree(home)
+
+
+def test_trust_pack_code_flag_sets_the_run_config_key():
+    """--trust-pack-code sets trust_pack_code: true (the key the pack-validation work adds to RunConfig)."""
+    from kdbench.cli import build_parser, run_overrides
+
+    assert run_overrides(build_parser().parse_args(["run", "law", "--trust-pack-code"]))["trust_pack_code"] is True
+    assert "trust_pack_code" not in run_overrides(build_parser().parse_args(["run", "law"]))
