@@ -125,6 +125,18 @@ def cmd_run(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(a: argparse.Namespace) -> int:
+    """The lm_eval command lines that reproduce a run's scores (kdbench/eval_commands.py)."""
+    from kdbench.eval_commands import command_lines
+
+    packs = _csv(a.pack) or []
+    for i, pack in enumerate(packs):
+        a.pack = pack
+        cfg = run_config.load_config(a.config, run_overrides(a))
+        print(("\n" if i else "") + "\n".join(command_lines(cfg)))
+    return 0
+
+
 def cmd_schedule(a: argparse.Namespace) -> int:
     over: dict = {}
     for item in a.set or []:
@@ -213,7 +225,7 @@ def cmd_config(a: argparse.Namespace) -> int:
 
 
 def _run_flags(p: argparse.ArgumentParser) -> None:
-    """The flags of `kdbench run`."""
+    """The flags of `kdbench run`, which `kdbench eval` takes too (the same run, its lm_eval commands)."""
     p.add_argument("--config", help="run config YAML (flags override it)")
     p.add_argument("--teacher", help="teacher: hub id, local path, or 'tiny' (default: tiny)")
     p.add_argument("--students", help="comma-separated students (default: tiny)")
@@ -264,6 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _run_flags(r)
     r.set_defaults(fn=cmd_run)
+
+    ev = sub.add_parser(
+        "eval",
+        help="print the lm_eval command lines that reproduce a run's scores (teacher, students before and "
+        "after distillation), for any flags of `kdbench run`",
+    )
+    ev.add_argument("pack", help="pack name or folder; several, comma-separated")
+    _run_flags(ev)
+    ev.set_defaults(fn=cmd_eval)
 
     sc = sub.add_parser(
         "schedule",

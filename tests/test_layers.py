@@ -25,7 +25,7 @@ LAYERS: list[list[str]] = [
     ["kdbench.elicit", "kdbench.distill"],  # knowledge elicitation and distillation never import each other
     ["kdbench.evaluate", "kdbench.tracking"],
     ["kdbench.report"],
-    ["kdbench.steps", "kdbench.preflight", "kdbench.schedule"],
+    ["kdbench.steps", "kdbench.preflight", "kdbench.schedule", "kdbench.eval_commands"],
     ["flows"],  # Prefect: tasks and flows around the steps
     ["kdbench.cli"],  # the command: runs flows, reports, schedules
 ]

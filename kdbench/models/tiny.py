@@ -155,12 +155,17 @@ def _save(model, tokenizer, path: Path, card: dict) -> None:
     (path / "kdbench.json").write_text(json.dumps(card, indent=2))
 
 
+def models_dir(pack: DomainPack, tiny, home: Path) -> Path:
+    """Where the pack's tiny models are (or will be) built: ``<home>/models/<pack>-<hash>/{teacher,student}``."""
+    key = content_hash(RECIPE_VERSION, pack.train_hash, tiny.model_dump())  # eval edits keep the models
+    return Path(home) / "models" / f"{pack.name}-{key}"
+
+
 def build_tiny_models(pack: DomainPack, tiny, home: Path, *, device: str = "cpu") -> TinyModels:
     """Build (or reuse) the pack's tiny tokenizer, trained teacher and untrained student."""
-    key = content_hash(RECIPE_VERSION, pack.train_hash, tiny.model_dump())  # eval edits keep the models
-    root = Path(home) / "models" / f"{pack.name}-{key}"
+    root = models_dir(pack, tiny, home)
     with locked(root):
-        return _build(pack, tiny, root, key, device)
+        return _build(pack, tiny, root, root.name.removeprefix(f"{pack.name}-"), device)
 
 
 def _build(pack: DomainPack, tiny, root: Path, key: str, device: str) -> TinyModels:
