@@ -19,7 +19,7 @@ import yaml
 
 from kdbench import config as run_config
 from kdbench import log as kdlog
-from kdbench import schedule
+from kdbench import schedule, tracking, watchdog
 from kdbench.distill.registry import ALGORITHMS
 from kdbench.errors import KdbenchError, RuntimeFailure, UserError
 from kdbench.packs import list_packs, load_pack
@@ -65,7 +65,7 @@ def run_overrides(a: argparse.Namespace) -> dict:
         "models.teacher": a.teacher,
         "models.students": _csv(a.students),
         "distill.algorithms": _csv(a.algorithms),
-        "distill.seeds": [int(s) for s in _csv(a.seeds) or []] if a.seeds else None,
+        "distill.seeds": _seeds(a.seeds),
         "elicit.methods": _csv(a.methods),
         "elicit.backend": a.backend,
         "elicit.limit": a.seed_limit,
@@ -78,9 +78,20 @@ def run_overrides(a: argparse.Namespace) -> dict:
     for k, v in simple.items():
         if v is not None:
             _set(o, k, v)
+    if getattr(a, "trust_pack_code", False):
+        _set(o, "trust_pack_code", True)
     for item in a.set or []:
         _parse_set(o, item)
     return o
+
+
+def _seeds(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(s) for s in _csv(text) or []]
+    except ValueError:
+        raise UserError(f"--seeds {text!r}: seeds are comma-separated integers, e.g. --seeds 0,1,2") from None
 
 
 def _parse_set(overrides: dict, item: str) -> None:
@@ -98,6 +109,10 @@ def cmd_run(a: argparse.Namespace) -> int:
     for p in packs:  # every pack checked before anything starts
         preflight(cfg.model_copy(update={"pack": p}))
     a.log_file = kdlog.setup(debug=a.debug, home=cfg.home_path)  # bad input above leaves no home behind
+    watchdog.start(a.log_file)  # stops Prefect's temporary server should this process be killed
+    uri = tracking.tracking_uri(cfg)
+    if tracking.sqlite_path(uri) is not None:  # made (or repaired, or refused) now, not after the first steps
+        tracking.open_client(uri)
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(cfg.home_path / "prefect-results"))
     if len(packs) > 1:
         from flows.benchmark import benchmark_flow
@@ -107,6 +122,18 @@ def cmd_run(a: argparse.Namespace) -> int:
         from flows.domain import domain_flow
 
         domain_flow(cfg.model_dump(mode="json"))
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    """The lm_eval command lines that reproduce a run's scores (kdbench/eval_commands.py)."""
+    from kdbench.eval_commands import command_lines
+
+    packs = _csv(a.pack) or []
+    for i, pack in enumerate(packs):
+        a.pack = pack
+        cfg = run_config.load_config(a.config, run_overrides(a))
+        print(("\n" if i else "") + "\n".join(command_lines(cfg)))
     return 0
 
 
@@ -198,6 +225,37 @@ def cmd_config(a: argparse.Namespace) -> int:
     return 0
 
 
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of `kdbench run`, which `kdbench eval` takes too (the same run, its lm_eval commands)."""
+    p.add_argument("--config", help="run config YAML (flags override it)")
+    p.add_argument("--teacher", help="teacher: hub id, local path, or 'tiny' (default: tiny)")
+    p.add_argument("--students", help="comma-separated students (default: tiny)")
+    p.add_argument("--algorithms", help=f"comma-separated, from: {','.join(ALGORITHMS)} (default: sft,fkl)")
+    p.add_argument("--seeds", help="comma-separated seeds (default: 0,1)")
+    p.add_argument("--methods", help="elicitation methods (default: labeling)")
+    p.add_argument("--backend", choices=["auto", "hf", "vllm", "openai"], help="teacher backend (default: auto)")
+    p.add_argument("--home", help="cache/checkpoint/tracking folder (default: .kdbench)")
+    p.add_argument("--report-dir", help="where leaderboards are written (default: reports/leaderboards)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite under --home)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--epochs", type=float, help="distillation epochs")
+    p.add_argument("--lora", action="store_true", help="train students with LoRA adapters (peft)")
+    p.add_argument("--public", action="store_true", help="also evaluate on the pack's public lm-eval tasks")
+    p.add_argument("--seed-limit", type=int, help="use only the first N seeds (quick looks)")
+    p.add_argument("--eval-limit", type=int, help="evaluate on the first N items per task (quick looks)")
+    p.add_argument(
+        "--trust-pack-code",
+        action="store_true",
+        help="run the Python code a pack ships (its eval/*.py); sets trust_pack_code: true",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any config key, e.g. --set distill.hparams.jsd.beta=0.9 (repeatable)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kdbench",
@@ -217,29 +275,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="pack name (see `kdbench packs list`) or path to a pack folder; several, "
         "comma-separated, run as one benchmark with a report across them",
     )
-    r.add_argument("--config", help="run config YAML (flags override it)")
-    r.add_argument("--teacher", help="teacher: hub id, local path, or 'tiny' (default: tiny)")
-    r.add_argument("--students", help="comma-separated students (default: tiny)")
-    r.add_argument("--algorithms", help=f"comma-separated, from: {','.join(ALGORITHMS)} (default: sft,fkl)")
-    r.add_argument("--seeds", help="comma-separated seeds (default: 0,1)")
-    r.add_argument("--methods", help="elicitation methods (default: labeling)")
-    r.add_argument("--backend", choices=["auto", "hf", "vllm", "openai"], help="teacher backend (default: auto)")
-    r.add_argument("--home", help="cache/checkpoint/tracking folder (default: .kdbench)")
-    r.add_argument("--report-dir", help="where leaderboards are written (default: reports/leaderboards)")
-    r.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite under --home)")
-    r.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    r.add_argument("--epochs", type=float, help="distillation epochs")
-    r.add_argument("--lora", action="store_true", help="train students with LoRA adapters (peft)")
-    r.add_argument("--public", action="store_true", help="also evaluate on the pack's public lm-eval tasks")
-    r.add_argument("--seed-limit", type=int, help="use only the first N seeds (quick looks)")
-    r.add_argument("--eval-limit", type=int, help="evaluate on the first N items per task (quick looks)")
-    r.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="any config key, e.g. --set distill.hparams.jsd.beta=0.9 (repeatable)",
-    )
+    _run_flags(r)
     r.set_defaults(fn=cmd_run)
+
+    ev = sub.add_parser(
+        "eval",
+        help="print the lm_eval command lines that reproduce a run's scores (teacher, students before and "
+        "after distillation), for any flags of `kdbench run`",
+    )
+    ev.add_argument("pack", help="pack name or folder; several, comma-separated")
+    _run_flags(ev)
+    ev.set_defaults(fn=cmd_eval)
 
     sc = sub.add_parser(
         "schedule",

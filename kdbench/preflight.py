@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import os
 import urllib.request
+from pathlib import Path
 
 from kdbench.backends import resolve_backend_name
+from kdbench.backends.openai import api_key
 from kdbench.config import TINY
 from kdbench.distill.registry import elicitation_methods, hparams_for
 from kdbench.distill.run import check_algorithms
 from kdbench.elicit import check_methods
 from kdbench.errors import ConfigError, UserError
 from kdbench.evaluate import tasks_for
-from kdbench.models.refs import is_local, layers_of
+from kdbench.models.loading import offline
+from kdbench.models.refs import PRUNED, SMOLLM2, is_local, layers_of, parse
 from kdbench.packs import load_pack
 
 
@@ -25,12 +28,19 @@ def preflight(cfg) -> None:
     pack = load_pack(cfg.pack)
     check_algorithms(cfg.distill.algorithms)
     check_methods(elicitation_methods(cfg), pack)
-    resolve_backend_name(cfg.elicit.backend)
+    backend = resolve_backend_name(cfg.elicit.backend)
     tasks_for(pack, cfg)
     for algo in cfg.distill.algorithms:
         hparams_for(algo, cfg.distill.hparams.get(algo))
     for name in cfg.distill.hparams:
         check_algorithms([name])
+    if backend == "openai":  # the teacher is a model name at an endpoint
+        check_openai(cfg)
+    else:
+        check_model("teacher", "--teacher", cfg.models.teacher, cfg.models.revision)
+    for s in cfg.models.students:
+        check_model("student", "--students", s)
+    check_home(cfg.home_path)
     refs = [cfg.models.teacher, *cfg.models.students]
     for ref in refs:  # malformed pruned:<ref>:<N>, N out of range, smollm2 without its package
         layers_of(ref, tiny_layers=cfg.tiny.teacher.num_layers)
@@ -61,4 +71,123 @@ def _check_hub_reachable(pack) -> None:
         raise UserError(
             f"--public needs the Hugging Face hub for {', '.join(pack.spec.public_tasks)}, "
             f"but it cannot be reached ({e}). Run without --public, or on a connected machine."
+        ) from None
+
+
+WEIGHTS = ("*.safetensors", "pytorch_model*.bin")  # what from_pretrained loads with torch
+TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+def _looks_like_path(ref: str) -> bool:
+    """A reference that can only be a local path (a hub id is NAME or OWNER/NAME)."""
+    return ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or "\\" in ref or ref.endswith("/")
+
+
+def check_model(role: str, flag: str, ref: str, revision: str | None = None) -> None:
+    """A local model folder must hold a model; a hub id is checked only offline (then it must be cached).
+    tiny, smollm2 and pruned:<ref>:<N> are kdbench's own references (a prune's source is checked)."""
+    r = parse(ref)
+    if r.kind == PRUNED and r.source is not None:
+        return check_model(role, flag, r.source, revision)
+    if r.kind in (TINY, SMOLLM2):
+        return
+    what = f"{role} {ref!r} ({flag})"
+    path = Path(ref).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(
+                f"{what}: {path} is a file; pass a model folder (written by save_pretrained), a hub id or tiny"
+            )
+        missing = [
+            name
+            for name, globs in (("config.json", ("config.json",)), ("weights", WEIGHTS), ("tokenizer", TOKENIZER))
+            if not any(any(path.glob(g)) for g in globs)
+        ]
+        if missing:
+            raise UserError(
+                f"{what}: the folder {path.resolve()} holds no model (no {', no '.join(missing)}: a model folder has "
+                f"config.json, weights {' or '.join(WEIGHTS)} and its tokenizer files, as save_pretrained writes "
+                "them); pass such a folder, a hub id or tiny"
+            )
+        return
+    if _looks_like_path(ref):
+        raise UserError(f"{what}: no such folder {path.resolve()}; pass a model folder, a hub id or tiny")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(ref)
+    except HFValidationError:
+        raise UserError(
+            f"{what}: neither a folder here nor a hub id (OWNER/NAME); pass a model folder, a hub id or tiny"
+        ) from None
+    if offline() and not _cached(ref, revision):
+        raise UserError(
+            f"{what}: no folder of that name here, and this machine is offline (HF_HUB_OFFLINE=1) with no copy "
+            "of that hub model in the Hugging Face cache; pass a local model folder or tiny (the embedded default), "
+            "or run where the hub is reachable without HF_HUB_OFFLINE"
+        )
+
+
+def _cached(repo_id: str, revision: str | None) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json", revision=revision), str)
+
+
+def check_openai(cfg) -> None:
+    """The openai backend: an explicit endpoint, a key for any host but this machine, a model name (not a path)."""
+    from urllib.parse import urlparse
+
+    base = cfg.elicit.openai_base_url or os.environ.get("OPENAI_BASE_URL")
+    if not base:
+        raise UserError(
+            "--backend openai needs the endpoint: --set elicit.openai_base_url=URL (or OPENAI_BASE_URL), e.g. "
+            "http://127.0.0.1:8000/v1 for a local vLLM server or https://api.openai.com/v1"
+        )
+    url = urlparse(base)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise UserError(f"elicit.openai_base_url {base!r}: not an http(s) URL, e.g. http://127.0.0.1:8000/v1")
+    if not _this_machine(url.hostname) and not api_key():
+        raise UserError(
+            f"--backend openai: {url.hostname} is not this machine, and no API key is set: export OPENAI_API_KEY "
+            "(or KDBENCH_OPENAI_API_KEY; kdbench reads it from the environment only)"
+        )
+    name = cfg.elicit.openai_model or cfg.models.teacher
+    flag = "elicit.openai_model" if cfg.elicit.openai_model else "--teacher"
+    if name == TINY or Path(name).expanduser().exists() or _looks_like_path(name):
+        kind = "the embedded model, which no endpoint serves" if name == TINY else "a local path"
+        raise UserError(
+            f"--backend openai asks the endpoint for its model by name, and {flag} {name!r} is {kind}: pass the "
+            "name the endpoint serves with --teacher NAME or --set elicit.openai_model=NAME (a vLLM server "
+            "serves a folder under its --served-model-name)"
+        )
+
+
+def _this_machine(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_home(home: Path) -> None:
+    """The home must be writable: even a fully cached run writes lock files and its MLflow database there."""
+    import tempfile
+
+    existing = home
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"the home {home} (--home): {existing} is a file; pass a folder")
+    try:  # an unnamed file, gone when closed: nothing is left behind
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise UserError(
+            f"the home {home} (--home) is not writable ({e.strerror} in {existing}): kdbench writes caches, lock "
+            "files and its MLflow database there even when every step is cached; pass a writable --home"
         ) from None

@@ -17,19 +17,22 @@ import functools
 import json
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import kdbench
 from kdbench import names
-from kdbench.errors import NonFiniteLossError
+from kdbench.errors import NonFiniteLossError, UserError
 from kdbench.locks import locked
+from kdbench.log import get_logger
 from kdbench.metrics import flat_metrics
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+log = get_logger(__name__)
 
 
 def tracking_uri(cfg) -> str:
@@ -66,12 +69,176 @@ def code_version() -> str:
 def client(cfg):
     """A client bound to the run's tracking URI. (Not mlflow.set_tracking_uri: that also sets
     $MLFLOW_TRACKING_URI for the whole process, which would then override the next run's home.)"""
+    return open_client(tracking_uri(cfg))
+
+
+# ---- the SQLite store: created once, repaired, or refused with what to do -------------------
+
+_ready: set[str] = set()  # SQLite URIs this process has checked (and MLflow has set up)
+_ready_lock = threading.Lock()
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` URI (None for other stores and in-memory databases)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def open_client(uri: str):
+    """An MlflowClient for ``uri``; a SQLite store is checked, created and migrated first, once per process.
+
+    Creating a SQLite store runs MLflow's migrations, which two processes must never run at once: two
+    first runs on a fresh home did, and left the file half-migrated (leftover ``_alembic_tmp_*`` tables, a
+    schema version behind) so that every later run on it failed. Here one process does it under an
+    inter-process lock (``mlflow.db.lock`` beside the file) while the others wait, then find it ready.
+    A store left half-migrated by an earlier crash is repaired (see :func:`_check_sqlite`); one that
+    cannot be is refused in one line naming the file and what to do.
+    """
     from mlflow.tracking import MlflowClient
 
-    uri = tracking_uri(cfg)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite_path(uri)
+    if db is None or uri in _ready:
+        return MlflowClient(tracking_uri=uri)
+    with _ready_lock, ExitStack() as held:  # the threads of one run wait here, other processes on the file lock
+        if uri not in _ready:
+            try:
+                db.parent.mkdir(parents=True, exist_ok=True)
+                held.enter_context(locked(db))
+                writable = True
+            except OSError:  # a read-only folder (a report on someone else's home): check, never write
+                writable = False
+            _check_sqlite(db, uri, repair=writable)
+            c = MlflowClient(tracking_uri=uri)  # MLflow creates and migrates a new store here, once
+            _ready.add(uri)
+            return c
     return MlflowClient(tracking_uri=uri)
+
+
+def _broken(db: Path, reason: str) -> UserError:
+    return UserError(
+        f"{db} is not a readable SQLite database ({reason}): it is an MLflow tracking store. Move it aside "
+        f"(mv {db} {db}.broken) to start a new, empty store, or restore it from a backup; then rerun."
+    )
+
+
+def _check_sqlite(db: Path, uri: str, *, repair: bool) -> None:
+    """Refuse a file that is not a whole SQLite database; finish (or refuse) a half-done MLflow migration.
+
+    Half-migrated means leftover ``_alembic_tmp_*`` tables (SQLite migrations copy a table into one,
+    then drop and rename) or a schema revision behind the installed MLflow's. The repair drops leftover
+    copies whose table still exists and runs MLflow's own upgrade, after a backup of a store holding
+    runs; a store holding no runs is set aside and created anew when the upgrade still fails.
+    """
+    import sqlite3
+
+    if not db.exists() or db.stat().st_size == 0:
+        return  # a new store: MLflow creates it
+    with db.open("rb") as f:
+        header = f.read(100)
+    if not header.startswith(b"SQLite format 3\x00"):
+        raise _broken(db, "it does not start with the SQLite header")
+    try:
+        with closing(sqlite3.connect(db)) as con:  # a first query also rolls back a crashed writer's journal
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            page_size, pages = (con.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_size", "page_count"))
+            if db.stat().st_size < 256 * 2**20:  # a full read of a team's large store costs too much
+                problems = [r[0] for r in con.execute("PRAGMA quick_check(3)")]
+                if problems != ["ok"]:
+                    raise _broken(db, "; ".join(problems)[:200])
+            version = None
+            if "alembic_version" in tables:
+                row = con.execute("SELECT version_num FROM alembic_version").fetchone()
+                version = row[0] if row else None
+            runs_table = next((t for t in ("runs", "_alembic_tmp_runs") if t in tables), None)  # a migration's copy
+            runs = con.execute(f"SELECT count(*) FROM {runs_table}").fetchone()[0] if runs_table else 0
+    except sqlite3.DatabaseError as e:
+        raise _broken(db, str(e)) from None
+    if len(header) == 100 and header[24:28] == header[92:96]:  # the header's page count is valid: compare
+        expected = int.from_bytes(header[28:32], "big") * page_size
+        if pages and db.stat().st_size < expected:
+            raise _broken(db, f"truncated: {db.stat().st_size} bytes of {expected}")
+
+    from mlflow.store.db import utils as db_utils
+
+    head = db_utils._get_latest_schema_revision()
+    leftovers = sorted(t for t in tables if t.startswith("_alembic_tmp_"))
+    if not leftovers and (version == head or not tables - {"alembic_version"}):
+        return  # ready, or empty (MLflow creates the tables)
+    what = ", ".join(
+        ([f"leftover tables {', '.join(leftovers)}"] if leftovers else [])
+        + [f"schema revision {version or 'none'}, MLflow {_mlflow_version()} expects {head}"]
+    )
+    if version is not None and not _known_revision(version):
+        raise UserError(
+            f"{db}: this MLflow store was written by a newer MLflow (schema revision {version} is unknown to "
+            f"the installed MLflow {_mlflow_version()}); use that MLflow's kdbench environment, or another --home."
+        )
+    if not repair:
+        raise UserError(
+            f"{db}: the MLflow store is half-migrated ({what}) and its folder is not writable, so it cannot "
+            "be repaired here; run `kdbench run` (or `mlflow db upgrade`) on it where it is writable."
+        )
+    backup = None
+    if runs:
+        backup = db.with_name(f"{db.name}.before-repair-{time.strftime('%Y%m%d-%H%M%S')}")
+        with closing(sqlite3.connect(db)) as src, closing(sqlite3.connect(backup)) as dst:
+            src.backup(dst)
+    log.warning(f"the MLflow store {db} is half-migrated ({what}); repairing it")
+    try:
+        _finish_migration(db, uri, leftovers, tables)
+    except Exception as e:  # noqa: BLE001  (sqlite, alembic and MLflow errors alike)
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        if runs:
+            raise UserError(
+                f"{db}: the MLflow store is half-migrated ({what}) and the repair failed ({reason}); a copy "
+                f"made before the repair is {backup}. Restore a backup of {db.name}, or move it aside "
+                "(its runs then leave the reports) to start a new store."
+            ) from None
+        aside = db.with_name(f"{db.name}.half-migrated-{time.strftime('%Y%m%d-%H%M%S')}")
+        db.rename(aside)
+        log.warning(f"the repair failed ({reason}); the store held no runs: moved to {aside.name}, a new one is made")
+        return
+    log.info(f"repaired the MLflow store {db}" + (f" (a copy from before: {backup})" if backup else ""))
+
+
+def _finish_migration(db: Path, uri: str, leftovers: list[str], tables: set[str]) -> None:
+    """Drop leftover migration copies of tables that still exist; run MLflow's create-and-upgrade."""
+    import sqlite3
+
+    from mlflow.store.db import utils as db_utils
+
+    orphans = [t for t in leftovers if t.removeprefix("_alembic_tmp_") not in tables]
+    if orphans:  # the original table is gone and its rows are in the copy: no safe automatic repair
+        raise RuntimeError(f"{', '.join(orphans)} hold the only copy of their table")
+    with closing(sqlite3.connect(db)) as con:
+        for t in leftovers:
+            con.execute(f'DROP TABLE "{t}"')
+        con.commit()
+    engine = db_utils.create_sqlalchemy_engine_with_retry(uri)
+    try:
+        db_utils._initialize_tables(engine)  # what MLflow runs on a new store: create what is missing, upgrade
+        if db_utils._get_schema_version(engine) != db_utils._get_latest_schema_revision():
+            raise RuntimeError("the upgrade did not reach the latest revision")
+    finally:
+        engine.dispose()
+
+
+def _known_revision(rev: str) -> bool:
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db import utils as db_utils
+
+    try:
+        return ScriptDirectory.from_config(db_utils._get_alembic_config("")).get_revision(rev) is not None
+    except Exception:  # noqa: BLE001  (alembic's ResolutionError and friends)
+        return False
+
+
+def _mlflow_version() -> str:
+    import mlflow
+
+    return mlflow.__version__
 
 
 def experiment_name(cfg, pack: str) -> str:

@@ -126,6 +126,7 @@ def _save_checkpoint(ckpt: Path, model, optimizer, scheduler, step: int, extra: 
     )
     (tmp / "step.json").write_text(json.dumps({"step": step}))
     old = ckpt.with_name(ckpt.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)  # left by a save killed while removing it
     if ckpt.exists():
         ckpt.rename(old)
     tmp.rename(ckpt)
@@ -163,6 +164,10 @@ def train(
 
     examples: dicts with input_ids and loss_mask (see kdbench.data.tokenize_example).
     cfg: a TrainConfig. A checkpoint in out_dir/checkpoint is resumed from.
+
+    ``log_fn(step, values)`` receives the training curve's points (every ``cfg.log_every`` steps), but only
+    once a checkpoint covering them is written, and the rest once the model is saved: a run killed
+    after its last checkpoint resumes from it and logs the steps after it once, never twice.
     """
     from accelerate import Accelerator
     from transformers import get_cosine_schedule_with_warmup
@@ -199,6 +204,10 @@ def train(
     out_dir = Path(out_dir)
     ckpt = out_dir / "checkpoint"
     start = 0
+    old = ckpt.with_name(ckpt.name + ".old")  # killed while swapping in a new one: the previous is whole
+    if not (ckpt / "step.json").exists() and (old / "step.json").exists():
+        shutil.rmtree(ckpt, ignore_errors=True)
+        old.rename(ckpt)
     if (ckpt / "step.json").exists():
         try:
             start = _load_checkpoint(ckpt, accelerator.unwrap_model(student), optimizer, scheduler, unwrapped)
@@ -226,6 +235,14 @@ def train(
     pad = pad_id(tokenizer)
     tokens, loss_val, t0 = 0, float("nan"), time.perf_counter()
     last_saved = start if start else None
+    pending: list[tuple[int, dict]] = []  # curve points not yet covered by a checkpoint
+
+    def send() -> None:
+        if log_fn is not None:
+            for point in pending:
+                log_fn(*point)
+        pending.clear()
+
     student.train()
     bar = tqdm(range(start, total), desc=desc, initial=start, total=total, dynamic_ncols=True, mininterval=1.0)
     for step in bar:
@@ -247,14 +264,8 @@ def train(
             rate = tokens / max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix(loss=f"{loss_val:.4f}", tok_s=f"{rate:,.0f}")
             if log_fn is not None:
-                log_fn(
-                    step,
-                    {
-                        "train.loss": loss_val,
-                        "train.lr": scheduler.get_last_lr()[0],
-                        **{f"train.{k}": v for k, v in logs.items()},
-                    },
-                )
+                values = {"train.loss": loss_val, "train.lr": scheduler.get_last_lr()[0]}
+                pending.append((step, {**values, **{f"train.{k}": v for k, v in logs.items()}}))
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
             try:
                 _save_checkpoint(ckpt, accelerator.unwrap_model(student), optimizer, scheduler, step + 1, unwrapped)
@@ -265,6 +276,7 @@ def train(
                     f"{kept}. Free disk space or fix permissions and rerun to resume."
                 ) from e
             last_saved = step + 1
+            send()  # a rerun resumes after these steps: they are logged once
     bar.close()
     seconds = time.perf_counter() - t0
 
@@ -280,6 +292,7 @@ def train(
         shutil.rmtree(model_dir, ignore_errors=True)
         tmp.rename(model_dir)
         shutil.rmtree(ckpt, ignore_errors=True)
+    send()
     return TrainResult(
         model_dir=model_dir,
         steps=total,

@@ -53,9 +53,16 @@ def test_packs_list_and_validate(capsys):
             ["run", "law", "--set", "distill.train.epoch=2"],
             "key distill.train.epoch: unknown key (did you mean 'epochs'?)",
         ),
+        (
+            ["run", "law", "--teacher", "/nonexistent"],
+            "teacher '/nonexistent' (--teacher): no such folder /nonexistent",
+        ),
+        (["run", "law", "--seeds", "a"], "--seeds 'a': seeds are comma-separated integers, e.g. --seeds 0,1,2"),
+        (["run", "law", "--backend", "openai"], "--backend openai needs the endpoint: --set elicit.openai_base_url="),
     ],
 )
-def test_bad_input_fails_fast_and_writes_nothing(tmp_path, args, message):
+def test_bad_input_fails_fast_and_writes_nothing(tmp_path, args, message, monkeypatch):
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     home = tmp_path / "home"
     r = kdbench(*args, "--home", str(home), cwd=tmp_path)
     assert r.returncode == 2, r.stderr
@@ -86,3 +93,53 @@ def test_packs_new_then_validate(tmp_path, capsys):
     assert main(["packs", "new", "astro", "--dir", str(tmp_path)]) == 0
     assert main(["packs", "validate", str(tmp_path / "astro")]) == 0
     assert "ok: astro" in capsys.readouterr().out
+
+
+def _without_root_overrides() -> None:
+    """Root writes anywhere: drop the capabilities that override file permissions from the bounding set of the
+    process about to be executed, so that, like any user, it cannot write into its own read-only (0555) folder."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+@pytest.mark.slow
+def test_read_only_home_is_refused_in_one_line():
+    """Even a fully cached run writes lock files and its MLflow database: a home it cannot write is refused first."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    home = Path(tempfile.mkdtemp(prefix="kdbench-read-only-home-"))
+    try:
+        home.chmod(0o555)
+        r = subprocess.run(
+            [sys.executable, "-m", "kdbench.cli", "run", "law", "--home", str(home)],
+            capture_output=True,
+            text=True,
+            cwd=home,
+            preexec_fn=_without_root_overrides if os.geteuid() == 0 else None,
+            timeout=300,
+        )
+        assert r.returncode == 2, r.stderr
+        assert r.stderr == (
+            f"kdbench: error: the home {home} (--home) is not writable (Permission denied in {home}): kdbench "
+            "writes caches, lock files and its MLflow database there even when every step is cached; pass a "
+            "writable --home\n"
+        )
+        assert not list(home.iterdir())
+    finally:
+        home.chmod(0o755)
+        shutil.rmtree(home)
+
+
+def test_trust_pack_code_flag_sets_the_run_config_key():
+    """--trust-pack-code sets trust_pack_code: true (the key the pack-validation work adds to RunConfig)."""
+    from kdbench.cli import build_parser, run_overrides
+
+    assert run_overrides(build_parser().parse_args(["run", "law", "--trust-pack-code"]))["trust_pack_code"] is True
+    assert "trust_pack_code" not in run_overrides(build_parser().parse_args(["run", "law"]))

@@ -2,6 +2,7 @@
 corrupted cache files, and two runs at once on one SQLite tracking file. For each:
 nothing already finished is lost or duplicated, and no MLflow run is left RUNNING."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from kdbench.packs.scaffold import scaffold
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
 MICRO = [
     "--set",
     "tiny.vocab_size=400",
@@ -248,3 +250,150 @@ def test_cache_folders_deleted_by_hand_are_rebuilt_behind_cached_prefect_results
         "teacher",
     ]
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_resumed_training_logs_each_curve_point_once(micro, tmp_path, monkeypatch, capsys):
+    """A run dies three steps past its checkpoint at step 5; the rerun resumes there. The curve's points of the
+    steps between the checkpoint and the death were never sent, so MLflow holds every step once."""
+    import kdbench.distill.run as distill_run
+    from kdbench import steps, tracking
+
+    class Killed(Exception):
+        pass
+
+    cfg = micro.cfg.model_copy(deep=True)
+    cfg.home = str(tmp_path / "home")
+    cfg.distill.train.max_steps = 12
+    cfg.distill.train.save_every = 5
+    cfg.distill.train.log_every = 1
+    config = cfg.model_dump(mode="json")
+    models = steps.Models(teacher=micro.models.teacher, students=[micro.models.student])
+    data = steps.dataset_step(config, steps.elicit_step(config, models), models)
+    t_eval = steps.baseline_step(config, "teacher", models, 0, data)
+    b_eval = steps.baseline_step(config, "student_before", models, 0, data)
+    real_train = distill_run.train
+
+    def train_dying_at_step_8(student, tokenizer, examples, step_fn, **kw):
+        def step(ctx, batch):
+            if ctx.step == 8:
+                raise Killed("killed at step 8")
+            return step_fn(ctx, batch)
+
+        return real_train(student, tokenizer, examples, step, **kw)
+
+    monkeypatch.setattr(distill_run, "train", train_dying_at_step_8)
+    with pytest.raises(Killed):
+        steps.student_step(config, "sft", 0, models, 0, data, t_eval, b_eval)
+    c = tracking.client(cfg)
+    run = next(
+        r
+        for r in c.search_runs([tracking.experiment_id(c, cfg, "geo")])
+        if r.data.tags["kdbench.role"] == "student_after"
+    )
+    steps_logged = lambda: sorted(m.step for m in c.get_metric_history(run.info.run_id, "train.loss"))  # noqa: E731
+    assert steps_logged() == [0, 1, 2, 3, 4]  # what the checkpoint at step 5 covers; 5, 6 and 7 were held back
+
+    monkeypatch.setattr(distill_run, "train", real_train)
+    capsys.readouterr()
+    row = steps.student_step(config, "sft", 0, models, 0, data, t_eval, b_eval)
+    assert row.run_id == run.info.run_id
+    assert "resuming from the checkpoint at step 5/12" in capsys.readouterr().out
+    assert steps_logged() == list(range(12))  # each step once
+    assert len(c.get_metric_history(run.info.run_id, "train.lr")) == 12
+
+
+BUILD_TINY = """
+import sys
+from kdbench.log import setup
+setup()
+import kdbench.models.tiny as tiny
+from kdbench.config import load_config
+from kdbench.packs import load_pack
+from tests.conftest import MICRO
+pack, home, epochs, save_every = sys.argv[1:]
+tiny.TEACHER_SAVE_EVERY = int(save_every)
+cfg = load_config(overrides={"pack": pack, "home": home, "tiny": {**MICRO, "teacher_epochs": float(epochs)}})
+tiny.build_tiny_models(load_pack(cfg.pack), cfg.tiny, cfg.home_path)
+"""
+
+
+def test_sigkill_mid_teacher_training_resumes_from_its_checkpoint(tmp_path):
+    """The tiny teacher checkpoints like students: a build killed mid-training resumes, not from zero."""
+    import json
+    import re
+
+    pack = scaffold("geo", tmp_path / "domains")
+    home = tmp_path / "home"
+    cmd = [sys.executable, "-c", BUILD_TINY, str(pack), str(home), "20", "10"]  # 90 steps, a checkpoint per 10
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    log = tmp_path / "first.log"
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    deadline, found = time.time() + 600, []
+    while time.time() < deadline and not found:
+        found = list(home.glob("models/geo-*/teacher-train/checkpoint/step.json"))
+        if proc.poll() is not None:
+            pytest.fail(f"the build ended before it could be killed:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+    assert found, log.read_text()[-3000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    root = found[0].parents[2]
+    step = json.loads((root / "teacher-train" / "checkpoint" / "step.json").read_text())["step"]
+    assert step > 0 and not (root / "DONE").exists()
+
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    resumed = re.search(r"geo: train tiny teacher: resuming from the checkpoint at step (\d+)/90", out.stdout)
+    assert resumed and int(resumed.group(1)) == step, out.stdout[-3000:]
+    assert (root / "DONE").exists() and not (root / "teacher-train").exists()
+    assert (root / "teacher" / "config.json").exists() and (root / "student" / "config.json").exists()
+
+
+def _prefect_server_below(pid: int) -> int | None:
+    """The pid of Prefect's temporary server among the descendants of ``pid``, once it runs."""
+    from kdbench.watchdog import _cmdline, descendants
+
+    for child in descendants(pid):
+        cmd = _cmdline(child)
+        if "uvicorn" in cmd and "prefect.server.api.server:create_app" in cmd:
+            return child
+    return None
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has stopped; whoever adopted it may not have reaped it yet
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the watchdog needs /proc (Linux)")
+def test_sigkill_of_kdbench_run_stops_its_prefect_server(tmp_path, env):
+    """SIGKILL of the CLI alone (not its process group) leaves Prefect's temporary server behind, unless the CLI's
+    watchdog stops it."""
+    pack = scaffold("geo", tmp_path / "domains")
+    home = tmp_path / "home"
+    cmd = kdbench_cmd(pack, home, "--algorithms", "sft", "--seeds", "0", "--epochs", "150")
+    log = tmp_path / "run.log"
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    server = None
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and server is None:
+            server = _prefect_server_below(proc.pid)
+            if proc.poll() is not None:
+                pytest.fail(f"the run ended before its server was seen:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        assert server is not None, log.read_text()[-3000:]
+        time.sleep(2.0)  # the watchdog looks at the CLI's children every second
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 15
+        while time.time() < deadline and _running(server):
+            time.sleep(0.2)
+        assert not _running(server), "Prefect's temporary server outlived the killed `kdbench run`"
+        assert "kdbench run" in (home / "logs" / "kdbench.log").read_text().split("kdbench.watchdog: ")[-1]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the run's process group

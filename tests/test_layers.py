@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 # lowest first; each entry is one part (a module or a package); parts on one line are siblings that must
 # not import each other
 LAYERS: list[list[str]] = [
-    ["kdbench", "kdbench.errors", "kdbench.log", "kdbench.names", "evals"],  # no kdbench imports at all
+    ["kdbench", "kdbench.errors", "kdbench.log", "kdbench.names", "kdbench.watchdog", "evals"],  # no kdbench imports
     ["kdbench.config", "kdbench.data", "kdbench.locks", "kdbench.metrics"],
     ["kdbench.packs"],
     ["kdbench.models.loading", "kdbench.models.sampling", "kdbench.training"],
@@ -25,7 +25,7 @@ LAYERS: list[list[str]] = [
     ["kdbench.elicit", "kdbench.distill"],  # knowledge elicitation and distillation never import each other
     ["kdbench.evaluate", "kdbench.tracking"],
     ["kdbench.report"],
-    ["kdbench.steps", "kdbench.preflight", "kdbench.schedule"],
+    ["kdbench.steps", "kdbench.preflight", "kdbench.schedule", "kdbench.eval_commands"],
     ["flows"],  # Prefect: tasks and flows around the steps
     ["kdbench.cli"],  # the command: runs flows, reports, schedules
 ]

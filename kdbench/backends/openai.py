@@ -52,7 +52,12 @@ class OpenAIBackend:
         backoff: float = 0.5,
         **_ignored,
     ):
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
+        base_url = base_url or os.environ.get("OPENAI_BASE_URL")
+        if not base_url:  # never a default public host: the teacher's name and prompts would go there
+            raise UserError(
+                "the openai backend needs the endpoint: --set elicit.openai_base_url=URL (or OPENAI_BASE_URL)"
+            )
+        self.base_url = base_url.rstrip("/")
         self.model = model or ref
         self.concurrency, self.timeout = concurrency, timeout
         self.max_retries, self.backoff = max_retries, backoff

@@ -5,7 +5,8 @@ its evaluation items), two Llama-style configs are made from it, the teacher is
 trained on the pack's knowledge and the student is left untrained. Both are
 written with ``save_pretrained`` and read back by ``from_pretrained``, the path
 any hub model takes, so everything downstream treats them like hub models.
-Results are cached under ``<home>/models/<pack>-<hash>`` and reused.
+Results are cached under ``<home>/models/<pack>-<hash>`` and reused; the teacher's
+training checkpoints there, so a build killed part-way resumes.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from kdbench.training import sft_step, train
 log = get_logger(__name__)
 
 RECIPE_VERSION = 1  # bump when the recipe changes so caches rebuild
+# steps between the tiny teacher's checkpoints (~10 s of training on 2 CPU cores): a build killed part-way resumes
+# from the last one (the tokenizer training and the curriculum are deterministic; checkpoints change no weights)
+TEACHER_SAVE_EVERY = 50
 SPECIAL = {"pad": "<pad>", "unk": "<unk>", "eos": "<|end|>"}
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
 # Each turn is <|role|>content<|end|>; generation stops at <|end|> (the eos token).
@@ -152,12 +156,17 @@ def _save(model, tokenizer, path: Path, card: dict) -> None:
     (path / "kdbench.json").write_text(json.dumps(card, indent=2))
 
 
+def models_dir(pack: DomainPack, tiny, home: Path) -> Path:
+    """Where the pack's tiny models are (or will be) built: ``<home>/models/<pack>-<hash>/{teacher,student}``."""
+    key = content_hash(RECIPE_VERSION, pack.train_hash, tiny.model_dump())  # eval edits keep the models
+    return Path(home) / "models" / f"{pack.name}-{key}"
+
+
 def build_tiny_models(pack: DomainPack, tiny, home: Path, *, device: str = "cpu") -> TinyModels:
     """Build (or reuse) the pack's tiny tokenizer, trained teacher and untrained student."""
-    key = content_hash(RECIPE_VERSION, pack.train_hash, tiny.model_dump())  # eval edits keep the models
-    root = Path(home) / "models" / f"{pack.name}-{key}"
+    root = models_dir(pack, tiny, home)
     with locked(root):
-        return _build(pack, tiny, root, key, device)
+        return _build(pack, tiny, root, root.name.removeprefix(f"{pack.name}-"), device)
 
 
 def _build(pack: DomainPack, tiny, root: Path, key: str, device: str) -> TinyModels:
@@ -178,11 +187,11 @@ def _build(pack: DomainPack, tiny, root: Path, key: str, device: str) -> TinyMod
         batch_size=tiny.teacher_batch_size,
         lr=tiny.teacher_lr,
         max_length=tiny.max_positions,
-        save_every=0,
+        save_every=TEACHER_SAVE_EVERY,
         warmup_ratio=0.05,
         weight_decay=tiny.teacher_weight_decay,
     )
-    work = root / "teacher-train"
+    work = root / "teacher-train"  # kept until the models are saved: a rerun resumes its checkpoint
     result = train(
         teacher,
         tokenizer,

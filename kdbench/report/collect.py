@@ -46,9 +46,8 @@ def parse_since(since: str | None) -> datetime | None:
 
 
 def read_client(cfg):
-    """A client for the tracking store, refusing to create an empty SQLite file by reading it."""
-    from mlflow.tracking import MlflowClient
-
+    """A client for the tracking store, refusing to create an empty SQLite file by reading it (a half-migrated
+    one is repaired first, or refused with what to do: see tracking.open_client)."""
     uri = tracking.tracking_uri(cfg)
     if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
@@ -57,7 +56,7 @@ def read_client(cfg):
                 f"no MLflow database at {db} (tracking URI {uri}); run `kdbench run <pack>` "
                 "first, or point --home or --tracking-uri at the store that holds the runs"
             )
-    return MlflowClient(tracking_uri=uri), uri
+    return tracking.open_client(uri), uri
 
 
 def pack_experiments(cfg) -> tuple[MlflowClient, str, dict[str, Experiment]]:
