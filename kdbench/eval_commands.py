@@ -9,13 +9,14 @@ tests/test_eval_command.py holds the two side by side.
 
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from kdbench import names, tracking
 from kdbench.config import TINY, device_for
-from kdbench.evaluate import _chat, tasks_for
+from kdbench.evaluate import _chat, chosen_samples, task_list
 from kdbench.models.tiny import models_dir
 from kdbench.packs import load_pack
 
@@ -99,7 +100,7 @@ def lm_eval_args(ref: str, pack, cfg, *, tiny: bool = False) -> tuple[list[str],
         "--include_path",
         str(pack.eval_dir),
         "--tasks",
-        ",".join(tasks_for(pack, cfg)),
+        ",".join(task_list(pack, cfg)),  # printing runs none of the pack's code: no trust check
     ]
     chat, note = cfg.eval.apply_chat_template == "yes", ""
     try:
@@ -117,8 +118,10 @@ def lm_eval_args(ref: str, pack, cfg, *, tiny: bool = False) -> tuple[list[str],
     # kdbench passes the device in model_args; lm_eval's command line always passes --device (default cuda:0)
     # beside them, and both reach the model as one keyword: so it goes there (the model gets the same)
     args += ["--device", device_for(cfg), "--batch_size", str(cfg.eval.batch_size)]
-    if cfg.eval.limit is not None:
-        args += ["--limit", str(cfg.eval.limit)]
+    tasks = task_list(pack, cfg)
+    chosen = chosen_samples(tasks, pack.eval_items, cfg.eval.limit)
+    if chosen is not None:  # eval.limit: the same stratified items kdbench evaluates (not lm_eval's first N)
+        args += ["--samples", json.dumps(chosen, separators=(",", ":"))]
     args += ["--gen_kwargs", f"max_gen_toks={cfg.eval.max_gen_toks}", "--seed", "0"]
     return args, note
 
@@ -137,7 +140,7 @@ def command_lines(cfg) -> list[str]:
     models, notes = models_of(cfg)
     env = " ".join(f"{k}={v}" for k, v in offline_env(cfg).items())
     lines = [
-        f"# lm_eval commands reproducing kdbench's scores on pack {pack.name} ({', '.join(tasks_for(pack, cfg))}) "
+        f"# lm_eval commands reproducing kdbench's scores on pack {pack.name} ({', '.join(task_list(pack, cfg))}) "
         "with this run's settings (eval.* and models.* of the config and flags given); any directory will do.",
         "# Set by kdbench but not on lm_eval's command line (no score changes):",
         *(f"#   {n}" for n in NOT_ON_THE_COMMAND_LINE),

@@ -48,6 +48,11 @@ def tasks_for(pack, cfg) -> list[str]:
     """The tasks to evaluate on, once the run config may run the pack's code at all: preflight calls this, so a
     pack that is not trusted stops a run before anything is written."""
     check_pack_code(pack, cfg.trust_pack_code)
+    return task_list(pack, cfg)
+
+
+def task_list(pack, cfg) -> list[str]:
+    """eval.tasks (checked against the pack's tasks) or all of them, and the public ones with eval.public."""
     tasks = cfg.eval.tasks or pack.task_names
     for t in tasks:
         if t not in pack.task_names:
@@ -124,6 +129,13 @@ def stratified(items: list, limit: int, seed: str) -> list[int]:
         share[t] += 1
     rng = random.Random(seed)
     return sorted(i for t, ix in sorted(by_topic.items()) for i in rng.sample(ix, share[t]))
+
+
+def chosen_samples(tasks: list[str], items: dict[str, list], limit: int | None) -> dict[str, list[int]] | None:
+    """lm-eval's ``samples=`` for eval.limit: each pack task's stratified sample, a public task's first N."""
+    if not limit:
+        return None
+    return {t: stratified(items[t], limit, f"{t}:{limit}") if t in items else list(range(limit)) for t in tasks}
 
 
 def retention_tasks(pack, cfg) -> list[tuple[DomainPack | None, str]]:
@@ -231,10 +243,7 @@ def _run_lm_eval(
     tm = TaskManager(include_path=[str(d) for d in include], include_defaults=public)
     # a quick look (eval.limit): the same stratified sample of each task for every model (lm-eval's own limit
     # takes the first N items in file order, which on topic-sorted data sees a few topics only)
-    limit = cfg.eval.limit
-    chosen = {t: stratified(items[t], limit, f"{t}:{limit}") for t in tasks if t in items} if limit else None
-    if chosen is not None:
-        chosen.update({t: list(range(limit)) for t in tasks if t not in chosen})  # public tasks: the first N
+    chosen = chosen_samples(tasks, items, cfg.eval.limit)
     model_args = {
         "pretrained": model_ref,
         "dtype": cfg.models.dtype,

@@ -88,12 +88,14 @@ def test_printed_command_gives_lm_eval_what_kdbench_passes(micro, tmp_path, monk
         cli.execute(cli.parse_args())
 
     kd, cl = calls
-    assert kd.pop("task_manager").include_path == cl.pop("task_manager").include_path == str(micro.pack.eval_dir)
+    paths = [kd.pop("task_manager").include_path, cl.pop("task_manager").include_path]
+    assert [p if isinstance(p, list) else [p] for p in paths] == [[str(micro.pack.eval_dir)]] * 2
     if kd["device"] is None:  # kdbench gives it in model_args, the command line beside them: the model gets the same
         kd["device"] = kd["model_args"].pop("device")
     kd["model_args"] = {k: str(v) for k, v in kd["model_args"].items()}
     cl["model_args"] = {k: str(v) for k, v in cl["model_args"].items()}
-    cl["batch_size"], cl["limit"] = int(cl["batch_size"]), int(cl["limit"])
+    cl["batch_size"] = int(cl["batch_size"])
+    assert kd["samples"] and kd["limit"] is None  # eval.limit: the stratified sample, which lm_eval is given too
     if not kd["apply_chat_template"]:  # lm_eval uses it only with a chat template
         kd["fewshot_as_multiturn"] = cl["fewshot_as_multiturn"]
     differ = {k for k in kd if kd[k] != cl.get(k)}
@@ -150,8 +152,11 @@ def test_eval_lists_teacher_students_before_and_each_distilled_student(micro, tm
     ]:
         _, argv = _command_for(lines, label)
         assert f"pretrained={folder}," in argv[argv.index("--model_args") + 1]
+        samples = json.loads(argv[argv.index("--samples") + 1])  # eval.limit 3: the stratified sample
+        assert set(samples) == {"geo_mc", "geo_qa"} and all(len(ix) == 3 for ix in samples.values())
         assert argv[-10:] == (
-            ["--device", "cpu", "--batch_size", "32", "--limit", "3", "--gen_kwargs", "max_gen_toks=12", "--seed", "0"]
+            ["--device", "cpu", "--batch_size", "32", "--samples", argv[-5], "--gen_kwargs", "max_gen_toks=12"]
+            + ["--seed", "0"]
         )
 
 
