@@ -60,6 +60,16 @@ class TinyConfig(_Strict):
     """the teacher's AdamW weight decay"""
     teacher_cues: int = 4
     """noisy cue prompts per fact in the teacher's curriculum (see models/tiny.py)"""
+    general_packs: list[str] = ["law", "medicine", "finance", "science"]
+    """packs (names or folders) whose knowledge makes the general corpus: the student is pretrained on those of
+    them that are not the pack being distilled, so it starts as a general model that lacks the domain (see
+    models/tiny.py)"""
+    student_epochs: float = 6.0
+    """epochs of the student's pretraining on the general corpus (0: a randomly initialised student)"""
+    student_lr: float = 3e-3
+    """the student's pretraining learning rate"""
+    student_cues: int = 1
+    """noisy cue prompts per fact in the student's general corpus"""
     seed: int = 1234
     """seed of the models' initialisation and the curriculum"""
 

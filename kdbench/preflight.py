@@ -20,7 +20,8 @@ from kdbench.elicit import check_methods
 from kdbench.errors import ConfigError, UserError
 from kdbench.evaluate import tasks_for
 from kdbench.models.loading import offline
-from kdbench.models.refs import PRUNED, SMOLLM2, is_local, layers_of, parse
+from kdbench.models.refs import PRUNED, SMOLLM2, is_local, layers_of, needs_tiny, parse
+from kdbench.models.tiny import general_packs
 from kdbench.packs import load_pack
 
 
@@ -50,6 +51,11 @@ def preflight(cfg) -> None:
             "long); adaptation is for a pretrained teacher. Set models.teacher_adapt.epochs to 0, or use another "
             "teacher"
         )
+    if any(needs_tiny(r) for r in refs):  # the embedded student's general corpus: every pack loads and validates
+        try:
+            general_packs(pack, cfg.tiny)
+        except UserError as e:
+            raise ConfigError(f"tiny.general_packs (the packs the embedded student is pretrained on): {e}") from None
     local = all(is_local(r) for r in refs)
     if local and not cfg.eval.public:  # nothing needs the hub: make sure nothing tries it
         os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -40,6 +40,7 @@ MICRO = {
     "vocab_size": 400,
     "max_positions": 128,
     "teacher_epochs": 3,
+    "student_epochs": 0.0,  # a random student (seconds); tests/test_models.py covers the pretrained one
     "teacher": {
         "hidden_size": 64,
         "num_layers": 2,

@@ -100,6 +100,8 @@ def test_scaffold_add_items_validate_and_run(tmp_path):
         "--set",
         "tiny.teacher_epochs=2",
         "--set",
+        "tiny.student_epochs=0.2",  # a new pack's student is pretrained on kdbench's four packs
+        "--set",
         "tiny.teacher={hidden_size: 64, num_layers: 2, num_heads: 2, intermediate_size: 128}",
         "--set",
         "tiny.student={hidden_size: 32, num_layers: 1, num_heads: 2, intermediate_size: 64}",

@@ -48,6 +48,10 @@ def test_packs_list_and_validate(capsys):
             "unknown algorithm 'fkk' (did you mean 'fkl'?); available: sft, gold, fkl",
         ),
         (["run", "law", "--methods", "labelling"], "unknown method 'labelling'"),
+        (
+            ["run", "law", "--set", "tiny.general_packs=[law,medicne]"],
+            "tiny.general_packs (the packs the embedded student is pretrained on): unknown pack 'medicne'",
+        ),
         (["run", "law", "--set", "distill.hparams.fkl.temprature=2"], "distill.hparams.fkl"),
         (
             ["run", "law", "--set", "distill.train.epoch=2"],

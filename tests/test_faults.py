@@ -26,6 +26,8 @@ MICRO = [
     "--set",
     "tiny.teacher_epochs=3",
     "--set",
+    "tiny.student_epochs=0",
+    "--set",
     "tiny.teacher={hidden_size: 64, num_layers: 2, num_heads: 2, intermediate_size: 128}",
     "--set",
     "tiny.student={hidden_size: 32, num_layers: 1, num_heads: 2, intermediate_size: 64}",

@@ -12,6 +12,7 @@ TINY = {
     "tiny": {
         "vocab_size": 1024,
         "teacher_epochs": 4,
+        "student_epochs": 0.5,  # the default's pretrained student (medicine, finance, science), briefly
         "teacher": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128},
         "student": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
     },

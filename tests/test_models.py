@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kdbench.data import messages_for, render_messages, tokenize_example
@@ -53,3 +54,63 @@ def test_cue_prompts_are_seeded_subsets():
     a = cue_prompts("What is consideration?", "Consideration is the bargained-for exchange.", 3, random.Random(1))
     b = cue_prompts("What is consideration?", "Consideration is the bargained-for exchange.", 3, random.Random(1))
     assert a == b and len(a) == 3 and all(c.endswith("?") for c in a)
+
+
+def _answer_loss(model, examples) -> float:
+    """Mean cross-entropy of the answer tokens (loss_mask) over ``examples``."""
+    import torch
+
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for e in examples:
+            ids = torch.tensor([e["input_ids"]])
+            logp = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
+            nll = -logp.gather(-1, ids[0, 1:, None])[:, 0]
+            mask = torch.tensor(e["loss_mask"][1:], dtype=torch.bool)
+            total, n = total + nll[mask].sum().item(), n + int(mask.sum())
+    return total / n
+
+
+@pytest.mark.slow
+def test_the_student_is_pretrained_on_the_other_packs_and_lacks_the_target(tmp_path, copy_pack):
+    """The embedded default's regime: a shared tokenizer, a student pretrained on the general packs (never the
+    target), a card that tells the self-knowledge warm-up it is trained, a cache key over every pack used."""
+    import random
+
+    from kdbench.config import TinyConfig, load_config
+    from kdbench.elicit.feedback import warmup_config
+    from kdbench.models.loading import untrained
+    from kdbench.models.tiny import _llama, general_examples, models_dir, teacher_examples
+    from kdbench.packs import load_pack
+    from tests.conftest import MICRO
+
+    law, med, fin = (copy_pack(n) for n in ("law", "medicine", "finance"))
+    target = load_pack(law)
+    tiny = TinyConfig(
+        **{**MICRO, "teacher_epochs": 0.2, "student_epochs": 1.0, "general_packs": [str(law), str(med), str(fin)]}
+    )
+    built = build_tiny_models(target, tiny, tmp_path / "home")
+    card = json.loads(open(f"{built.student}/kdbench.json").read())
+    assert card["role"] == "pretrained-student" and card["general_packs"] == ["medicine", "finance"]
+    assert card["student_pretrain_examples"] > 1000 and not untrained(built.student)
+    cfg = load_config(overrides={"pack": "law"})
+    assert warmup_config(cfg, built.student) is None  # a pretrained student samples as it is
+
+    tok = AutoTokenizer.from_pretrained(built.student)
+    assert tok.get_vocab() == AutoTokenizer.from_pretrained(built.teacher).get_vocab()
+    rng = random.Random(0)
+    general = rng.sample(general_examples([load_pack(med)], tok, tiny.max_positions, 1, 0), 40)
+    domain = rng.sample(teacher_examples(target, tok, tiny.max_positions, cues=0), 40)
+    pretrained = AutoModelForCausalLM.from_pretrained(built.student)
+    random_init = _llama(tok, tiny.student, tiny.max_positions, tiny.seed + 1)
+    gain_general = _answer_loss(random_init, general) - _answer_loss(pretrained, general)
+    gain_domain = _answer_loss(random_init, domain) - _answer_loss(pretrained, domain)
+    assert gain_general > gain_domain + 0.2, (gain_general, gain_domain)  # it learned medicine more than law
+
+    before = models_dir(target, tiny, tmp_path / "home")
+    fact = json.loads(open(med / "knowledge.jsonl").readline())
+    with open(med / "knowledge.jsonl", "a") as f:  # a general pack's text changes: the models rebuild
+        f.write(json.dumps({**fact, "id": "cardiology-extra"}) + "\n")
+    assert models_dir(target, tiny, tmp_path / "home") != before
+    no_pretraining = tiny.model_copy(update={"student_epochs": 0.0})
+    assert models_dir(target, no_pretraining, tmp_path / "home") != before

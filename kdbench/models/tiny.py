@@ -1,12 +1,22 @@
 """The embedded default: a tiny tokenizer, teacher and student built for a pack.
 
-No hub is needed. A tokenizer is trained on the pack's training-side text (never
-its evaluation items), two Llama-style configs are made from it, the teacher is
-trained on the pack's knowledge and the student is left untrained. Both are
-written with ``save_pretrained`` and read back by ``from_pretrained``, the path
-any hub model takes, so everything downstream treats them like hub models.
-Results are cached under ``<home>/models/<pack>-<hash>`` and reused; the teacher's
-training checkpoints there, so a build killed part-way resumes.
+No hub is needed, and the models stand where a vertical-distillation study puts real ones
+(Xu et al. 2024, verticalization): the student is a *general* model that lacks the domain,
+the teacher one that has it.
+
+- One BPE tokenizer over the text of kdbench's packs (``tiny.general_packs``) and the target
+  pack, as a real model's tokenizer covers every domain (never evaluation items).
+- The student is pretrained on the general corpus: the knowledge and seeds of the general
+  packs other than the target. It answers medicine, finance and science questions and knows no
+  law; its distribution is a language model's, not the near-uniform one of random weights that
+  leaves every loss scaled by the student's own probability (rkl, jsd, gkd, minillm) without a
+  gradient. The other packs' multiple-choice tasks then measure what distillation makes it forget.
+- The teacher is trained on the target pack's knowledge (see teacher_examples).
+
+Both are written with ``save_pretrained`` and read back by ``from_pretrained``, the path any hub
+model takes, so everything downstream treats them like hub models. Results are cached under
+``<home>/models/<pack>-<hash>`` (the hash covers the recipe, the config and every pack whose text
+went in) and reused; both trainings checkpoint there, so a build killed part-way resumes.
 """
 
 from __future__ import annotations
@@ -23,14 +33,14 @@ from kdbench.config import TrainConfig
 from kdbench.data import QUESTION_TEMPLATE, content_hash, read_done, tokenize_example, write_json
 from kdbench.locks import locked
 from kdbench.log import get_logger
-from kdbench.packs.loader import DomainPack, iter_pack_texts
+from kdbench.packs.loader import DomainPack, iter_pack_texts, load_pack
 from kdbench.training import sft_step, train
 
 log = get_logger(__name__)
 
-RECIPE_VERSION = 1  # bump when the recipe changes so caches rebuild
-# steps between the tiny teacher's checkpoints (~10 s of training on 2 CPU cores): a build killed part-way resumes
-# from the last one (the tokenizer training and the curriculum are deterministic; checkpoints change no weights)
+RECIPE_VERSION = 2  # bump when the recipe changes so caches rebuild
+# steps between the tiny models' training checkpoints (~10 s of training on 2 CPU cores): a build killed part-way
+# resumes from the last one (the tokenizer training and the curriculum are deterministic; checkpoints change no weights)
 TEACHER_SAVE_EVERY = 50
 SPECIAL = {"pad": "<pad>", "unk": "<unk>", "eos": "<|end|>"}
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
@@ -156,17 +166,45 @@ def _save(model, tokenizer, path: Path, card: dict) -> None:
     (path / "kdbench.json").write_text(json.dumps(card, indent=2))
 
 
+def general_packs(pack: DomainPack, tiny) -> list[DomainPack]:
+    """The packs of the general corpus for ``pack``: ``tiny.general_packs`` (names or folders) but the pack itself."""
+    return [g for g in map(load_pack, tiny.general_packs) if g.name != pack.name]
+
+
+def general_examples(packs: list[DomainPack], tokenizer, max_length: int, cues: int, seed: int) -> list[dict]:
+    """The student's pretraining corpus: each general pack's curriculum (teacher_examples) with ``cues`` cues."""
+    return [e for g in packs for e in teacher_examples(g, tokenizer, max_length, cues=cues, seed=seed)]
+
+
 def models_dir(pack: DomainPack, tiny, home: Path) -> Path:
     """Where the pack's tiny models are (or will be) built: ``<home>/models/<pack>-<hash>/{teacher,student}``."""
-    key = content_hash(RECIPE_VERSION, pack.train_hash, tiny.model_dump())  # eval edits keep the models
+    general = [g.train_hash for g in general_packs(pack, tiny)]
+    key = content_hash(RECIPE_VERSION, pack.train_hash, general, tiny.model_dump())  # eval edits keep the models
     return Path(home) / "models" / f"{pack.name}-{key}"
 
 
 def build_tiny_models(pack: DomainPack, tiny, home: Path, *, device: str = "cpu") -> TinyModels:
-    """Build (or reuse) the pack's tiny tokenizer, trained teacher and untrained student."""
+    """Build (or reuse) the pack's tiny tokenizer, trained teacher and pretrained student."""
     root = models_dir(pack, tiny, home)
     with locked(root):
         return _build(pack, tiny, root, root.name.removeprefix(f"{pack.name}-"), device)
+
+
+def _train(model, tokenizer, examples, *, epochs, lr, batch_size, tiny, work: Path, device: str, desc: str):
+    cfg = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        max_length=tiny.max_positions,
+        save_every=TEACHER_SAVE_EVERY,
+        warmup_ratio=0.05,
+        weight_decay=tiny.teacher_weight_decay,
+    )
+    # the work folder is kept until the models are saved: a rerun resumes its checkpoint
+    result = train(
+        model, tokenizer, examples, sft_step, cfg=cfg, out_dir=work, seed=tiny.seed, device=device, desc=desc
+    )
+    return type(model).from_pretrained(result.model_dir), result
 
 
 def _build(pack: DomainPack, tiny, root: Path, key: str, device: str) -> TinyModels:
@@ -174,37 +212,45 @@ def _build(pack: DomainPack, tiny, root: Path, key: str, device: str) -> TinyMod
     if done is not None:
         return TinyModels(str(root / "teacher"), str(root / "student"), True, done)
     root.mkdir(parents=True, exist_ok=True)
-    texts = list(iter_pack_texts(pack)) + [
-        QUESTION_TEMPLATE.format(prompt=k.question) for k in pack.knowledge if k.question
-    ]
+    general = general_packs(pack, tiny)
+    texts = [t for p in [pack, *general] for t in iter_pack_texts(p)]
+    texts += [QUESTION_TEMPLATE.format(prompt=k.question) for p in [pack, *general] for k in p.knowledge if k.question]
     tokenizer = train_tokenizer(texts, tiny.vocab_size)
-    log.info(f"{pack.name}: trained a tokenizer of {len(tokenizer)} tokens on {len(texts)} texts")
+    log.info(
+        f"{pack.name}: trained a tokenizer of {len(tokenizer)} tokens on {len(texts)} texts of "
+        f"{', '.join(p.name for p in [pack, *general])}"
+    )
 
     teacher = _llama(tokenizer, tiny.teacher, tiny.max_positions, tiny.seed)
     examples = teacher_examples(pack, tokenizer, tiny.max_positions, cues=tiny.teacher_cues, seed=tiny.seed)
-    cfg = TrainConfig(
-        epochs=tiny.teacher_epochs,
-        batch_size=tiny.teacher_batch_size,
-        lr=tiny.teacher_lr,
-        max_length=tiny.max_positions,
-        save_every=TEACHER_SAVE_EVERY,
-        warmup_ratio=0.05,
-        weight_decay=tiny.teacher_weight_decay,
-    )
-    work = root / "teacher-train"  # kept until the models are saved: a rerun resumes its checkpoint
-    result = train(
+    teacher, t_res = _train(
         teacher,
         tokenizer,
         examples,
-        sft_step,
-        cfg=cfg,
-        out_dir=work,
-        seed=tiny.seed,
+        epochs=tiny.teacher_epochs,
+        lr=tiny.teacher_lr,
+        batch_size=tiny.teacher_batch_size,
+        tiny=tiny,
+        work=root / "teacher-train",
         device=device,
         desc=f"{pack.name}: train tiny teacher",
     )
-    teacher = type(teacher).from_pretrained(result.model_dir)
     student = _llama(tokenizer, tiny.student, tiny.max_positions, tiny.seed + 1)
+    corpus = general_examples(general, tokenizer, tiny.max_positions, tiny.student_cues, tiny.seed + 1)
+    s_res = None
+    if tiny.student_epochs > 0 and corpus:
+        student, s_res = _train(
+            student,
+            tokenizer,
+            corpus,
+            epochs=tiny.student_epochs,
+            lr=tiny.student_lr,
+            batch_size=tiny.teacher_batch_size,
+            tiny=tiny,
+            work=root / "student-train",
+            device=device,
+            desc=f"{pack.name}: pretrain tiny student on {', '.join(g.name for g in general)}",
+        )
 
     n_params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     info = {
@@ -212,14 +258,21 @@ def _build(pack: DomainPack, tiny, root: Path, key: str, device: str) -> TinyMod
         "data_hash": pack.data_hash,
         "recipe": RECIPE_VERSION,
         "vocab": len(tokenizer),
+        "general_packs": [g.name for g in general],
         "teacher_params": n_params(teacher),
         "student_params": n_params(student),
-        "teacher_final_loss": result.final_loss,
-        "teacher_train_seconds": round(result.seconds, 1),
+        "teacher_final_loss": t_res.final_loss,
+        "teacher_train_seconds": round(t_res.seconds, 1),
         "teacher_examples": len(examples),
+        "student_pretrain_examples": len(corpus) if s_res else 0,
+        "student_pretrain_final_loss": s_res.final_loss if s_res else None,
+        "student_pretrain_seconds": round(s_res.seconds, 1) if s_res else 0.0,
     }
+    # the card's role: "student" marks a randomly initialised student (the self-knowledge warm-up's auto reads it)
+    role = "pretrained-student" if s_res else "student"
     _save(teacher, tokenizer, root / "teacher", {"fingerprint": f"{key}-teacher", "role": "teacher", **info})
-    _save(student, tokenizer, root / "student", {"fingerprint": f"{key}-student", "role": "student", **info})
-    shutil.rmtree(work, ignore_errors=True)
+    _save(student, tokenizer, root / "student", {"fingerprint": f"{key}-student", "role": role, **info})
+    for work in ("teacher-train", "student-train"):
+        shutil.rmtree(root / work, ignore_errors=True)
     write_json(root / "DONE", info)
     return TinyModels(str(root / "teacher"), str(root / "student"), False, info)
