@@ -46,6 +46,16 @@ def _csv(s: str | None) -> list[str] | None:
     return [x.strip() for x in s.split(",") if x.strip()] if s else None
 
 
+def _items(flag: str, s: str | None, example: str) -> list[str] | None:
+    """A comma-separated flag's values; an empty entry (``a,,b``, ``,``) is an error, not skipped."""
+    if s is None:
+        return None
+    items = [x.strip() for x in s.split(",")]
+    if not all(items):
+        raise UserError(f"{flag} {s!r}: an empty entry; give comma-separated values, e.g. {flag} {example}")
+    return items
+
+
 def _set(overrides: dict, dotted: str, value) -> None:
     node = overrides
     *parents, last = dotted.split(".")
@@ -63,10 +73,10 @@ def run_overrides(a: argparse.Namespace) -> dict:
         "report_dir": a.report_dir,
         "device": a.device,
         "models.teacher": a.teacher,
-        "models.students": _csv(a.students),
-        "distill.algorithms": _csv(a.algorithms),
+        "models.students": _items("--students", a.students, "tiny,pruned:smollm2:6"),
+        "distill.algorithms": _items("--algorithms", a.algorithms, "sft,fkl,gkd"),
         "distill.seeds": _seeds(a.seeds),
-        "elicit.methods": _csv(a.methods),
+        "elicit.methods": _items("--methods", a.methods, "labeling,expansion"),
         "elicit.backend": a.backend,
         "elicit.limit": a.seed_limit,
         "eval.limit": a.eval_limit,
@@ -86,10 +96,10 @@ def run_overrides(a: argparse.Namespace) -> dict:
 
 
 def _seeds(text: str | None) -> list[int] | None:
-    if not text:
+    if text is None:
         return None
     try:
-        return [int(s) for s in _csv(text) or []]
+        return [int(s) for s in text.split(",")]
     except ValueError:
         raise UserError(f"--seeds {text!r}: seeds are comma-separated integers, e.g. --seeds 0,1,2") from None
 
@@ -231,7 +241,7 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", help="teacher: hub id, local path, or 'tiny' (default: tiny)")
     p.add_argument("--students", help="comma-separated students (default: tiny)")
     p.add_argument("--algorithms", help=f"comma-separated, from: {','.join(ALGORITHMS)} (default: sft,fkl)")
-    p.add_argument("--seeds", help="comma-separated seeds (default: 0,1)")
+    p.add_argument("--seeds", help="comma-separated seeds (default: 0,1,2)")
     p.add_argument("--methods", help="elicitation methods (default: labeling)")
     p.add_argument("--backend", choices=["auto", "hf", "vllm", "openai"], help="teacher backend (default: auto)")
     p.add_argument("--home", help="cache/checkpoint/tracking folder (default: .kdbench)")

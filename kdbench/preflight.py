@@ -27,6 +27,13 @@ from kdbench.packs import load_pack
 
 def preflight(cfg) -> None:
     pack = load_pack(cfg.pack)
+    for key, value in (
+        ("distill.seeds", cfg.distill.seeds),
+        ("distill.algorithms", cfg.distill.algorithms),
+        ("models.students", cfg.models.students),
+    ):
+        if not value:
+            raise ConfigError(f"{key} is empty: a run needs at least one (see `kdbench config --show`)")
     check_algorithms(cfg.distill.algorithms)
     check_methods(elicitation_methods(cfg), pack)
     backend = resolve_backend_name(cfg.elicit.backend)

@@ -48,6 +48,10 @@ def test_packs_list_and_validate(capsys):
             "unknown algorithm 'fkk' (did you mean 'fkl'?); available: sft, gold, fkl",
         ),
         (["run", "law", "--methods", "labelling"], "unknown method 'labelling'"),
+        (["run", "law", "--seeds", "0,,1"], "--seeds '0,,1': seeds are comma-separated integers"),
+        (["run", "law", "--algorithms", ","], "--algorithms ',': an empty entry"),
+        (["run", "law", "--students", "tiny,"], "--students 'tiny,': an empty entry"),
+        (["run", "law", "--set", "distill.seeds=[]"], "distill.seeds is empty: a run needs at least one"),
         (
             ["run", "law", "--set", "tiny.general_packs=[law,medicne]"],
             "tiny.general_packs (the packs the embedded student is pretrained on): unknown pack 'medicne'",

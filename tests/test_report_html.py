@@ -544,6 +544,10 @@ def test_clear_errors(store, monkeypatch):
     with pytest.raises(KdbenchError, match="no MLflow database at"):
         write_report(missing, out_dir=tmp / "x")
     assert not (tmp / "nowhere" / "mlflow.db").exists()
+    (tmp / "folder-home" / "mlflow.db").mkdir(parents=True)
+    folder = load_config(overrides={"pack": "law", "home": str(tmp / "folder-home")})
+    with pytest.raises(KdbenchError, match=r"mlflow.db .* is a folder, where the MLflow SQLite database should be"):
+        write_report(folder, out_dir=tmp / "x")
 
 
 def test_cli_report_options(store, capsys):

@@ -51,6 +51,11 @@ def read_client(cfg):
     uri = tracking.tracking_uri(cfg)
     if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
+        if db.is_dir():
+            raise UserError(
+                f"{db} (tracking URI {uri}) is a folder, where the MLflow SQLite database should be a file; "
+                "move it aside, or pass --tracking-uri with the store the runs went to"
+            )
         if not db.is_file():
             raise UserError(
                 f"no MLflow database at {db} (tracking URI {uri}); run `kdbench run <pack>` "
