@@ -26,6 +26,7 @@ from kdbench.errors import ConfigError, RuntimeFailure, did_you_mean
 from kdbench.locks import locked
 from kdbench.log import get_logger
 from kdbench.models.loading import identity, load_tokenizer
+from kdbench.models.tiny import general_packs
 from kdbench.packs import DomainPack, load_pack
 from kdbench.packs.trust import REPO_DOMAINS, check_pack_code
 
@@ -148,7 +149,7 @@ def retention_tasks(pack, cfg) -> list[tuple[DomainPack | None, str]]:
     if wanted == "auto":
         if TINY not in cfg.models.students:
             return []
-        others = [load_pack(p) for p in REPO_PACKS if p != pack.name]
+        others = sorted(general_packs(pack, cfg.tiny), key=lambda p: p.name)  # what the tiny student learned
         return [(p, t.name) for p in others for t in p.spec.eval.tasks if t.kind == "multiple_choice"]
     own = {t.name: load_pack(p) for p in REPO_PACKS for t in load_pack(p).spec.eval.tasks}
     out = []
@@ -160,6 +161,18 @@ def retention_tasks(pack, cfg) -> list[tuple[DomainPack | None, str]]:
             )
         out.append((own.get(name), name))
     return out
+
+
+def checked_retention_tasks(pack, cfg) -> list[tuple[DomainPack | None, str]]:
+    """retention_tasks, refused when a public one cannot be had (preflight calls this before any work)."""
+    found = retention_tasks(pack, cfg)
+    public = [t for p, t in found if p is None]
+    if public and os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", ""):
+        raise ConfigError(
+            f"eval.retention: {', '.join(public)}: public lm-eval tasks need the Hugging Face hub, but this "
+            "machine is offline (HF_DATASETS_OFFLINE=1); name tasks of kdbench's packs instead (e.g. medicine_mc)"
+        )
+    return found
 
 
 def eval_key(model_ref: str, pack, cfg, tasks: list[str]) -> str:
@@ -192,14 +205,9 @@ def evaluate(model_ref: str, pack, cfg, home: Path, *, device: str = "cpu", labe
 def evaluate_retention(model_ref: str, pack, cfg, home: Path, *, device: str = "cpu", label: str = "") -> EvalResult:
     """The model on the retention tasks (outside ``pack``; see retention_tasks): what distillation may make it
     forget. Metrics keyed by task, as evaluate's."""
-    found = retention_tasks(pack, cfg)
+    found = checked_retention_tasks(pack, cfg)
     tasks = [t for _, t in found]
     public = [t for p, t in found if p is None]
-    if public and os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", ""):
-        raise ConfigError(
-            f"eval.retention: {', '.join(public)} are public lm-eval tasks, which need the Hugging "
-            "Face hub, but this machine is offline (HF_DATASETS_OFFLINE=1); name packs' tasks instead"
-        )
     owners = {t: p for p, t in found if p is not None}
     key = content_hash(
         "retention",

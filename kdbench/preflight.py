@@ -18,7 +18,7 @@ from kdbench.distill.registry import elicitation_methods, hparams_for
 from kdbench.distill.run import check_algorithms
 from kdbench.elicit import check_methods
 from kdbench.errors import ConfigError, UserError
-from kdbench.evaluate import tasks_for
+from kdbench.evaluate import checked_retention_tasks, tasks_for
 from kdbench.models.loading import offline
 from kdbench.models.refs import PRUNED, SMOLLM2, is_local, layers_of, needs_tiny, parse
 from kdbench.models.tiny import general_packs
@@ -67,6 +67,7 @@ def preflight(cfg) -> None:
     if local and not cfg.eval.public:  # nothing needs the hub: make sure nothing tries it
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    checked_retention_tasks(pack, cfg)  # after the offline switch above: public tasks cannot be had offline
     if cfg.eval.public and os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", ""):
         raise UserError(
             "--public evaluates on the pack's public lm-eval tasks "

@@ -48,6 +48,10 @@ def test_packs_list_and_validate(capsys):
             "unknown algorithm 'fkk' (did you mean 'fkl'?); available: sft, gold, fkl",
         ),
         (["run", "law", "--methods", "labelling"], "unknown method 'labelling'"),
+        (
+            ["run", "law", "--set", "eval.retention=[hellaswag]"],
+            "eval.retention: hellaswag: public lm-eval tasks need the Hugging Face hub, but this machine is offline",
+        ),
         (["run", "law", "--seeds", "0,,1"], "--seeds '0,,1': seeds are comma-separated integers"),
         (["run", "law", "--algorithms", ","], "--algorithms ',': an empty entry"),
         (["run", "law", "--students", "tiny,"], "--students 'tiny,': an empty entry"),
