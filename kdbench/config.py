@@ -50,7 +50,7 @@ class TinyConfig(_Strict):
     """the teacher's architecture"""
     student: TinyModelSpec = TinyModelSpec(hidden_size=96, num_layers=2, num_heads=4, intermediate_size=256)
     """the student's architecture"""
-    teacher_epochs: float = 10.0
+    teacher_epochs: float = 8.0
     """epochs of the teacher's training on the pack's knowledge"""
     teacher_lr: float = 2e-3
     """the teacher's learning rate"""
@@ -166,7 +166,7 @@ class ElicitConfig(_Strict):
 class TrainConfig(_Strict):
     """Shared by every algorithm; per-algorithm knobs live in ``DistillConfig.hparams``."""
 
-    epochs: float = 24.0
+    epochs: float = 16.0
     """passes over the distillation data (tiny students on a few hundred examples need many)"""
     max_steps: int | None = None
     """stop after this many optimizer steps instead (overrides epochs)"""
