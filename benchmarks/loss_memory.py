@@ -1,9 +1,12 @@
 """Peak memory and time of kdbench's chunked divergences vs straightforward full-vocabulary ones.
 
-Each (loss, implementation) runs in a fresh process: inputs are allocated, then
-one forward + backward measures the peak RSS above that point (ru_maxrss), then
-further repetitions give the median time. kdbench and reference alternate, so
-both see the same machine load. The reference for fkl, rkl and jsd is TRL's
+Memory: each (loss, implementation) runs in a fresh process: inputs are
+allocated, then one forward + backward measures the peak RSS above that point
+(ru_maxrss). Time: per loss, one process holds the inputs and alternates the two
+implementations repetition by repetition (each going first in turn, after one
+warm-up call each), so both see the same machine load; reported is the median of
+the per-repetition ratios kdbench / reference and their range, not absolute times
+(they swing several-fold on the shared machine). The reference for fkl, rkl and jsd is TRL's
 ``generalized_jsd_loss`` (beta = 0, 1, 0.5); for tvd, skl and srkl it is the same
 style written out (log-softmaxes and products over the whole vocabulary).
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -22,6 +26,18 @@ import sys
 import time
 
 LOSSES = ["fkl", "rkl", "jsd", "tvd", "skl", "srkl"]
+IMPLS = ("kdbench", "reference")
+
+
+def match_threads() -> None:
+    """As many torch threads as CPUs this process may run on. torch defaults to the machine's cores even
+    when the process is pinned to fewer (taskset, a cgroup), and two threads sharing one core make every
+    small parallel op wait on the other: measured 10x slower for a chunked loss, which skews ratios."""
+    import torch
+
+    n = len(os.sched_getaffinity(0))
+    if n < torch.get_num_threads():
+        torch.set_num_threads(n)
 
 
 def reference(name: str):
@@ -63,7 +79,7 @@ def reference(name: str):
     }[name]
 
 
-def worker(name: str, impl: str, bt: int, v: int, reps: int) -> dict:
+def _inputs(bt: int, v: int):
     import torch
 
     torch.manual_seed(0)
@@ -71,71 +87,86 @@ def worker(name: str, impl: str, bt: int, v: int, reps: int) -> dict:
     T = bt // B
     s = torch.randn(B, T, v, requires_grad=True)
     t = torch.randn(B, T, v)
-    mask = torch.ones(B, T, dtype=torch.bool)
+    return s, t, torch.ones(B, T, dtype=torch.bool)
+
+
+def _impl(name: str, impl: str):
     if impl == "kdbench":
         from kdbench.distill.losses import DIVERGENCES
 
-        fn = DIVERGENCES[name]
-    else:
-        fn = reference(name)
+        return DIVERGENCES[name]
+    return reference(name)
+
+
+def worker(name: str, impl: str, bt: int, v: int) -> dict:
+    """Peak RSS (MB) of one forward + backward above the RSS with the inputs allocated."""
+    s, t, mask = _inputs(bt, v)
+    fn = _impl(name, impl)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
     fn(s, t, mask).backward()
-    first = time.perf_counter() - t0
-    peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-    times = [first]
-    for _ in range(reps - 1):
+    return {"peak_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024}
+
+
+def time_worker(name: str, bt: int, v: int, reps: int) -> dict:
+    """Seconds of one forward + backward per implementation, alternating: {impl: [reps]}."""
+    s, t, mask = _inputs(bt, v)
+    fns = {impl: _impl(name, impl) for impl in IMPLS}
+
+    def timed(impl):
         s.grad = None
         t0 = time.perf_counter()
-        fn(s, t, mask).backward()
-        times.append(time.perf_counter() - t0)
-    return {"peak_mb": peak_mb, "seconds": statistics.median(times)}
+        fns[impl](s, t, mask).backward()
+        return time.perf_counter() - t0
+
+    for impl in IMPLS:  # warm-up: first-call costs on no side's clock
+        timed(impl)
+    out = {impl: [] for impl in IMPLS}
+    for r in range(reps):
+        for impl in IMPLS if r % 2 == 0 else IMPLS[::-1]:  # each goes first in turn
+            out[impl].append(timed(impl))
+    return out
+
+
+def _run(args: list[str]) -> dict:
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bt", type=int, default=2048)
     ap.add_argument("--vocab", type=int, default=32000)
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=5, help="alternating timed repetitions per implementation")
+    ap.add_argument("--losses", default=",".join(LOSSES))
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--worker", nargs=2, metavar=("LOSS", "IMPL"))
+    ap.add_argument("--time-worker", metavar="LOSS")
     a = ap.parse_args()
     if a.quick:
         a.bt, a.vocab, a.reps = 256, 4000, 2
+    if a.worker or a.time_worker:
+        match_threads()
     if a.worker:
-        print(json.dumps(worker(*a.worker, a.bt, a.vocab, a.reps)))
+        print(json.dumps(worker(*a.worker, a.bt, a.vocab)))
         return
-    rows = []
-    print(f"B*T = {a.bt}, V = {a.vocab}, float32, forward + backward, median of {a.reps}")
-    print("| loss | reference peak MB | kdbench peak MB | memory ratio | reference s | kdbench s | time ratio |")
-    print("|---|---|---|---|---|---|---|")
-    for name in LOSSES:
-        got = {}
-        for impl in ("reference", "kdbench"):
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--worker",
-                    name,
-                    impl,
-                    "--bt",
-                    str(a.bt),
-                    "--vocab",
-                    str(a.vocab),
-                    "--reps",
-                    str(a.reps),
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            got[impl] = json.loads(out.stdout.strip().splitlines()[-1])
-        r, k = got["reference"], got["kdbench"]
-        rows.append({"loss": name, **{f"ref_{x}": y for x, y in r.items()}, **{f"kd_{x}": y for x, y in k.items()}})
+    if a.time_worker:
+        print(json.dumps(time_worker(a.time_worker, a.bt, a.vocab, a.reps)))
+        return
+    shape = ["--bt", str(a.bt), "--vocab", str(a.vocab)]
+    print(
+        f"B*T = {a.bt}, V = {a.vocab}, float32, forward + backward; time: {a.reps} alternating repetitions, "
+        "median (min-max) of the ratios kdbench / reference"
+    )
+    print("| loss | reference peak MB | kdbench peak MB | memory ratio | time ratio |")
+    print("|---|---|---|---|---|")
+    for name in a.losses.split(","):
+        mem = {impl: _run(["--worker", name, impl, *shape])["peak_mb"] for impl in ("reference", "kdbench")}
+        t = _run(["--time-worker", name, "--reps", str(a.reps), *shape])
+        ratios = [k / r for k, r in zip(t["kdbench"], t["reference"], strict=True)]
+        print(f"  {name} seconds: {json.dumps(t)}", file=sys.stderr, flush=True)
         print(
-            f"| {name} | {r['peak_mb']:.0f} | {k['peak_mb']:.0f} | {k['peak_mb'] / r['peak_mb']:.2f} | "
-            f"{r['seconds']:.3f} | {k['seconds']:.3f} | {k['seconds'] / r['seconds']:.2f} |",
+            f"| {name} | {mem['reference']:.0f} | {mem['kdbench']:.0f} | {mem['kdbench'] / mem['reference']:.2f} | "
+            f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}) |",
             flush=True,
         )
 

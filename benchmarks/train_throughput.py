@@ -3,17 +3,19 @@
 Same tiny teacher and student (the embedded law default), same data (its
 elicited dataset), same batch size, optimizer steps, learning rate, sequence
 budget and, for on-policy training, the same number of new tokens. Each
-configuration runs in its own process, kdbench and TRL alternating, and the
-wall time of the training loop alone is measured (set-up excluded). Tokens/s =
-steps x batch x mean tokens per example (the same numerator for both sides), so
-the ratio is a pure speed ratio.
+configuration runs in its own process, kdbench and TRL alternating (each going
+first in turn), and the wall time of the training loop alone is measured (set-up
+excluded). Tokens/s = steps x batch x mean tokens per example (the same
+numerator for both sides), so the ratio is a pure speed ratio; the speed-up is
+the median of the per-pair ratios (TRL time / kdbench time of back-to-back
+runs), with their range, since the shared machine's speed swings between pairs.
 
 Pairs:
   fkl        kdbench fkl            vs  trl.experimental GKDTrainer(lmbda=0, beta=0)   off-policy forward KL
   gkd        kdbench gkd(0.5, 0.5)  vs  trl.experimental GKDTrainer(lmbda=0.5, beta=0.5)
   on-policy  kdbench gkd(1.0, 0.5)  vs  trl.DistillationTrainer(beta=0.5)               every batch generated
 
-    python benchmarks/train_throughput.py [--steps 30] [--batch 16] [--home .kdbench]
+    python benchmarks/train_throughput.py [--steps 30] [--batch 16] [--repeats 5] [--home .kdbench]
 """
 
 from __future__ import annotations
@@ -33,6 +35,17 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 NEW_TOKENS = 32
 LR = 3e-3
+
+
+def match_threads() -> None:
+    """As many torch threads as CPUs this process may run on. torch defaults to the machine's cores even
+    when the process is pinned to fewer (taskset, a cgroup), and two threads sharing one core make every
+    small parallel op wait on the other: measured 10x slower for a chunked loss, which skews ratios."""
+    import torch
+
+    n = len(os.sched_getaffinity(0))
+    if n < torch.get_num_threads():
+        torch.set_num_threads(n)
 
 
 def fixture(home: str):
@@ -219,12 +232,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5, help="alternating pairs per configuration")
     ap.add_argument("--home", default=".kdbench")
     ap.add_argument("--pairs", default=",".join(PAIRS))
     ap.add_argument("--worker")
     a = ap.parse_args()
     if a.worker:
+        match_threads()
         print(json.dumps({"seconds": worker(json.loads(a.worker), a.steps, a.batch, a.home)}))
         return
     from transformers import AutoTokenizer
@@ -239,14 +253,15 @@ def main() -> None:
     tokens = a.steps * a.batch * mean_tokens
     print(
         f"law tiny teacher/student, {len(rows)} examples, {a.steps} steps x batch {a.batch}, "
-        f"{mean_tokens:.1f} tokens/example, {NEW_TOKENS} new tokens on-policy; median of {a.repeats}"
+        f"{mean_tokens:.1f} tokens/example, {NEW_TOKENS} new tokens on-policy; {a.repeats} alternating pairs"
     )
-    print("| pair | kdbench tokens/s | TRL tokens/s | speed-up |")
+    print("| pair | kdbench tokens/s (median) | TRL tokens/s (median) | speed-up: median of pairs (min–max) |")
     print("|---|---|---|---|")
     for name in a.pairs.split(","):
         times = {"kdbench": [], "trl": []}
-        for _ in range(a.repeats):
-            for side, spec in zip(("kdbench", "trl"), PAIRS[name], strict=True):
+        for r in range(a.repeats):
+            sides = list(zip(("kdbench", "trl"), PAIRS[name], strict=True))
+            for side, spec in sides if r % 2 == 0 else sides[::-1]:  # each side goes first in turn
                 out = subprocess.run(
                     [
                         sys.executable,
@@ -266,8 +281,17 @@ def main() -> None:
                 if out.returncode:
                     raise SystemExit(f"{name}/{side} failed:\n{out.stderr[-3000:]}")
                 times[side].append(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+            print(
+                f"  {name} pair {r}: kdbench {times['kdbench'][-1]:.2f} s, TRL {times['trl'][-1]:.2f} s",
+                file=sys.stderr,
+            )
         k, t = statistics.median(times["kdbench"]), statistics.median(times["trl"])
-        print(f"| {name} | {tokens / k:,.0f} | {tokens / t:,.0f} | {t / k:.2f}x |", flush=True)
+        ups = [tt / kk for kk, tt in zip(times["kdbench"], times["trl"], strict=True)]
+        print(
+            f"| {name} | {tokens / k:,.0f} | {tokens / t:,.0f} | "
+            f"{statistics.median(ups):.2f}× ({min(ups):.2f}–{max(ups):.2f}) |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -46,7 +46,9 @@ from kdbench.distill.losses import (
 from kdbench.models.sampling import token_logprobs
 from kdbench.training import causal_lm_ce
 
-CHUNK_BYTES = 64 * 2**20  # float32 logits per chunk: 64 MiB (about 340 positions at V = 49,152)
+CHUNK_BYTES = (
+    32 * 2**20
+)  # float32 logits per chunk: 32 MiB (about 170 positions at V = 49,152); see benchmarks/fused_step.py
 
 
 class Head(NamedTuple):
@@ -69,6 +71,17 @@ def _logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     """[n,H] x [V,H] -> [n,V] float32 logits."""
     out = hidden.float() @ weight.float().T
     return out if bias is None else out.add_(bias.float())
+
+
+def _scaled(g: torch.Tensor | None, grad_out: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor | None:
+    """grad_out * g in ``dtype`` (None: g's own). g itself when that is the same tensor: loss.backward() (a
+    grad_out of 1) with float32 weights, the common case, then allocates no second [V,H] copy of the gradient."""
+    if g is None:
+        return None
+    dtype = dtype or g.dtype
+    if grad_out.item() == 1.0 and g.dtype == dtype:
+        return g
+    return (g * grad_out.to(torch.float32)).to(dtype)
 
 
 class _FusedDivergence(torch.autograd.Function):
@@ -106,12 +119,9 @@ class _FusedDivergence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         g_hidden, g_weight, g_bias = ctx.saved_tensors
-        scale = grad_out.to(torch.float32)
         w_dtype, b_dtype = ctx.dtypes
-        gh = None if g_hidden is None else g_hidden * scale.to(g_hidden.dtype)
-        gw = None if g_weight is None else (g_weight * scale).to(w_dtype)
-        gb = None if g_bias is None or b_dtype is None else (g_bias * scale).to(b_dtype)
-        return gh, gw, gb, None, None, None, None, None
+        gb = None if b_dtype is None else _scaled(g_bias, grad_out, b_dtype)
+        return _scaled(g_hidden, grad_out, None), _scaled(g_weight, grad_out, w_dtype), gb, None, None, None, None, None
 
 
 def _masked_rows(x: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
@@ -196,10 +206,9 @@ class _FusedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         g_hidden, g_weight, g_bias = ctx.saved_tensors
-        scale = grad_out.to(torch.float32)
         w_dtype, b_dtype = ctx.dtypes
-        gb = None if g_bias is None or b_dtype is None else (g_bias * scale).to(b_dtype)
-        return g_hidden * scale.to(g_hidden.dtype), (g_weight * scale).to(w_dtype), gb, None, None
+        gb = None if b_dtype is None else _scaled(g_bias, grad_out, b_dtype)
+        return _scaled(g_hidden, grad_out, None), _scaled(g_weight, grad_out, w_dtype), gb, None, None
 
 
 def fused_cross_entropy(

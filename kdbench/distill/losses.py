@@ -75,16 +75,16 @@ def _mix(la: torch.Tensor, lb: torch.Tensor, w: float) -> torch.Tensor:
 def fkl_terms(ls, lt):
     """Forward KL(p || q): mean-seeking; word-level KD (Hinton et al.; Kim & Rush)."""
     p = lt.exp()
-    d = (p * (lt - ls)).sum(-1)
+    d = lt.sub_(ls).mul_(p).sum(-1)  # p log(p / q), in the teacher rows' storage (they are not needed after)
     return d, p.neg_()
 
 
 def rkl_terms(ls, lt):
     """Reverse KL(q || p): mode-seeking (MiniLLM's objective)."""
     q = ls.exp()
-    diff = ls - lt
-    d = (q * diff).sum(-1)
-    return d, diff.add_(1.0).mul_(q)
+    q_log = lt.neg_().add_(ls).mul_(q)  # q log(q / p), in the teacher rows' storage
+    d = q_log.sum(-1)
+    return d, q_log.add_(q)  # q (log(q / p) + 1)
 
 
 def jsd_terms(ls, lt, beta: float = 0.5):
@@ -109,7 +109,7 @@ def tvd_terms(ls, lt):
     """Total variation distance: 0.5 * sum_v |p - q| (Wen et al., f-divergence KD)."""
     q = ls.exp()
     diff = lt.exp_().neg_().add_(q)  # q - p, in the teacher rows' own storage (they are not needed after)
-    d = 0.5 * diff.abs().sum(-1)
+    d = 0.5 * torch.linalg.vector_norm(diff, 1, dim=-1)  # sum |q - p| without an |q - p| temporary
     return d, diff.sign_().mul_(q).mul_(0.5)
 
 
@@ -226,7 +226,7 @@ class _ChunkedDivergence(torch.autograd.Function):
             )
             total += (d * w).sum()
             if grad is not None:  # needs_grad
-                grad.index_copy_(0, idx, (g * w[:, None]).to(grad.dtype))
+                grad.index_copy_(0, idx, g.mul_(w[:, None]).to(grad.dtype))
         ctx.save_for_backward(grad) if needs_grad else None
         return total
 
