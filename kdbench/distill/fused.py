@@ -84,6 +84,22 @@ def _scaled(g: torch.Tensor | None, grad_out: torch.Tensor, dtype: torch.dtype |
     return (g * grad_out.to(torch.float32)).to(dtype)
 
 
+def _accumulate(g, idx, h, weight, g_hidden, g_weight, g_bias) -> None:
+    """Add one chunk's dLoss/dlogits ``g`` [c,V] into the hidden-state [N,H], weight [V,H] and bias [V] grads."""
+    g_hidden.index_copy_(0, idx, (g @ weight.float()).to(g_hidden.dtype))
+    g_weight.addmm_(g.T, h.float())
+    if g_bias is not None:
+        g_bias += g.sum(0)
+
+
+def _saved_grads(ctx, grad_out) -> tuple:
+    """backward's (hidden, weight, bias) gradients from what forward saved, scaled by grad_out."""
+    g_hidden, g_weight, g_bias = ctx.saved_tensors
+    w_dtype, b_dtype = ctx.dtypes
+    gb = None if b_dtype is None else _scaled(g_bias, grad_out, b_dtype)
+    return _scaled(g_hidden, grad_out, None), _scaled(g_weight, grad_out, w_dtype), gb
+
+
 class _FusedDivergence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, teacher, weights, terms, temperature, chunk):
@@ -108,20 +124,14 @@ class _FusedDivergence(torch.autograd.Function):
             total += (d * w).sum()
             if g is not None and g_hidden is not None and g_weight is not None:
                 g.mul_(w[:, None])  # dLoss/dlogits of this chunk, [c,V]
-                g_hidden.index_copy_(0, idx, (g @ weight.float()).to(g_hidden.dtype))
-                g_weight.addmm_(g.T, h.float())
-                if g_bias is not None:
-                    g_bias += g.sum(0)
+                _accumulate(g, idx, h, weight, g_hidden, g_weight, g_bias)
         ctx.save_for_backward(g_hidden, g_weight, g_bias)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
         return total
 
     @staticmethod
     def backward(ctx, grad_out):
-        g_hidden, g_weight, g_bias = ctx.saved_tensors
-        w_dtype, b_dtype = ctx.dtypes
-        gb = None if b_dtype is None else _scaled(g_bias, grad_out, b_dtype)
-        return _scaled(g_hidden, grad_out, None), _scaled(g_weight, grad_out, w_dtype), gb, None, None, None, None, None
+        return *_saved_grads(ctx, grad_out), None, None, None, None, None
 
 
 def _masked_rows(x: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
@@ -195,20 +205,14 @@ class _FusedCrossEntropy(torch.autograd.Function):
             g = logits.sub_(lse[:, None]).exp_()  # softmax, in the logits' storage
             g[torch.arange(len(idx), device=g.device), y] -= 1.0
             g.div_(n)
-            g_hidden.index_copy_(0, idx, (g @ weight.float()).to(g_hidden.dtype))
-            g_weight.addmm_(g.T, h.float())
-            if g_bias is not None:
-                g_bias += g.sum(0)
+            _accumulate(g, idx, h, weight, g_hidden, g_weight, g_bias)
         ctx.save_for_backward(g_hidden, g_weight, g_bias)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
         return total
 
     @staticmethod
     def backward(ctx, grad_out):
-        g_hidden, g_weight, g_bias = ctx.saved_tensors
-        w_dtype, b_dtype = ctx.dtypes
-        gb = None if b_dtype is None else _scaled(g_bias, grad_out, b_dtype)
-        return _scaled(g_hidden, grad_out, None), _scaled(g_weight, grad_out, w_dtype), gb, None, None
+        return *_saved_grads(ctx, grad_out), None, None
 
 
 def fused_cross_entropy(
