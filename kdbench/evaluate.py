@@ -25,7 +25,7 @@ from kdbench.data import content_hash, read_done, write_json
 from kdbench.errors import ConfigError, RuntimeFailure, did_you_mean
 from kdbench.locks import locked
 from kdbench.log import get_logger
-from kdbench.models.loading import identity, load_tokenizer
+from kdbench.models.loading import MODEL_LOCK, identity, load_tokenizer
 from kdbench.models.tiny import general_packs
 from kdbench.packs import DomainPack, load_pack
 from kdbench.packs.trust import REPO_DOMAINS, check_pack_code
@@ -262,23 +262,24 @@ def _run_lm_eval(
         model_args["revision"] = cfg.models.revision
     t0 = time.perf_counter()
     try:
-        res = simple_evaluate(
-            model="hf",
-            model_args=model_args,
-            tasks=tasks,
-            task_manager=tm,
-            batch_size=cfg.eval.batch_size,
-            samples=chosen,
-            apply_chat_template=chat,
-            log_samples=True,
-            bootstrap_iters=0,
-            gen_kwargs={"max_gen_toks": cfg.eval.max_gen_toks},
-            random_seed=0,
-            numpy_random_seed=0,
-            torch_random_seed=0,
-            fewshot_random_seed=0,
-            verbosity="ERROR",
-        )
+        with MODEL_LOCK:  # lm-eval makes its model inside (see MODEL_LOCK)
+            res = simple_evaluate(
+                model="hf",
+                model_args=model_args,
+                tasks=tasks,
+                task_manager=tm,
+                batch_size=cfg.eval.batch_size,
+                samples=chosen,
+                apply_chat_template=chat,
+                log_samples=True,
+                bootstrap_iters=0,
+                gen_kwargs={"max_gen_toks": cfg.eval.max_gen_toks},
+                random_seed=0,
+                numpy_random_seed=0,
+                torch_random_seed=0,
+                fewshot_random_seed=0,
+                verbosity="ERROR",
+            )
     except Exception as e:  # lm-eval raises many types; keep the cause, name the model and tasks
         raise RuntimeFailure(f"lm-eval failed on {model_ref} ({', '.join(tasks)}): {type(e).__name__}: {e}") from e
     seconds = time.perf_counter() - t0

@@ -114,3 +114,33 @@ def test_the_student_is_pretrained_on_the_other_packs_and_lacks_the_target(tmp_p
     assert models_dir(target, tiny, tmp_path / "home") != before
     no_pretraining = tiny.model_copy(update={"student_epochs": 0.0})
     assert models_dir(target, no_pretraining, tmp_path / "home") != before
+
+
+def test_models_are_made_and_loaded_under_the_process_wide_lock(micro, monkeypatch):
+    """Prefect runs tasks in threads, and transformers patches torch's init functions module-wide while it makes
+    a model: every load (ours and lm-eval's) and every fresh model holds MODEL_LOCK, or a concurrent load can come
+    out re-initialised (a finance teacher evaluated at 16.9 instead of 76.5 before this lock)."""
+    import transformers
+
+    import kdbench.models.tiny as tiny
+    from kdbench.models.loading import MODEL_LOCK, load_model
+
+    held = []
+    real = transformers.AutoModelForCausalLM.from_pretrained.__func__
+
+    def spy(cls, *a, **k):
+        held.append(MODEL_LOCK._is_owned())  # pyright: ignore[reportAttributeAccessIssue]
+        return real(cls, *a, **k)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", classmethod(spy))
+    load_model(micro.models.teacher)
+    tok = AutoTokenizer.from_pretrained(micro.models.student)
+    real_llama = transformers.LlamaForCausalLM.__init__
+
+    def llama_spy(self, *a, **k):
+        held.append(MODEL_LOCK._is_owned())  # pyright: ignore[reportAttributeAccessIssue]
+        real_llama(self, *a, **k)
+
+    monkeypatch.setattr(transformers.LlamaForCausalLM, "__init__", llama_spy)
+    tiny._llama(tok, micro.cfg.tiny.student, 64, 0)
+    assert held == [True, True]

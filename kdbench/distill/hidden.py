@@ -19,6 +19,7 @@ from pydantic import Field
 
 from kdbench.distill.divergence import DivergenceConfig, divergence_loss
 from kdbench.distill.fused import Head, output_of
+from kdbench.models.loading import MODEL_LOCK
 from kdbench.training import StepContext
 
 
@@ -44,7 +45,8 @@ class Projections(torch.nn.Module):
 
     def __init__(self, n_layers: int, student_width: int, teacher_width: int):
         super().__init__()
-        self.maps = torch.nn.ModuleList(torch.nn.Linear(student_width, teacher_width) for _ in range(n_layers))
+        with MODEL_LOCK:  # torch's init functions must not be transformers' no-ops of another thread's load
+            self.maps = torch.nn.ModuleList(torch.nn.Linear(student_width, teacher_width) for _ in range(n_layers))
 
     def forward(self, states: list[torch.Tensor]) -> list[torch.Tensor]:
         """states: one [N,H_s] per mapped layer -> one [N,H_t] each."""

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import torch
 
 from kdbench.errors import KdbenchError, UserError
+
+# Prefect runs a flow's tasks in threads of one process, and transformers makes a model by patching torch's init
+# functions and PreTrainedModel.init_weights module-wide for the duration (initialization.no_init_weights): two
+# threads making models at once can leave a loaded model re-initialised. Seen here: the finance teacher, evaluated
+# by lm-eval while students were being loaded, scored 16.9 on finance_mc and wrote gibberish; alone, 76.5.
+# Every model kdbench makes or loads, and every lm-eval evaluation (it loads its model inside), holds this lock.
+MODEL_LOCK = threading.RLock()
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
@@ -42,9 +50,10 @@ def load_model(
 
     tok = load_tokenizer(ref, revision=revision, trust_remote_code=trust_remote_code)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            ref, revision=revision, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code
-        )
+        with MODEL_LOCK:
+            model = AutoModelForCausalLM.from_pretrained(
+                ref, revision=revision, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code
+            )
     except OSError as e:
         raise _not_found(ref, e) from None
     # transformers declares .to through functools.wraps(nn.Module.to), which hides the bound self from pyright

@@ -33,6 +33,7 @@ from kdbench.config import TrainConfig
 from kdbench.data import QUESTION_TEMPLATE, content_hash, read_done, tokenize_example, write_json
 from kdbench.locks import locked
 from kdbench.log import get_logger
+from kdbench.models.loading import MODEL_LOCK
 from kdbench.packs.loader import DomainPack, iter_pack_texts, load_pack
 from kdbench.training import sft_step, train
 
@@ -112,8 +113,9 @@ def _llama(tokenizer, spec, max_positions: int, seed: int):
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
     )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+    with MODEL_LOCK:
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config)
 
 
 _STOP = frozenset(
@@ -204,7 +206,8 @@ def _train(model, tokenizer, examples, *, epochs, lr, batch_size, tiny, work: Pa
     result = train(
         model, tokenizer, examples, sft_step, cfg=cfg, out_dir=work, seed=tiny.seed, device=device, desc=desc
     )
-    return type(model).from_pretrained(result.model_dir), result
+    with MODEL_LOCK:
+        return type(model).from_pretrained(result.model_dir), result
 
 
 def _build(pack: DomainPack, tiny, root: Path, key: str, device: str) -> TinyModels:
