@@ -41,6 +41,7 @@ MICRO = {
     "max_positions": 128,
     "teacher_epochs": 3,
     "student_epochs": 0.0,  # a random student (seconds); tests/test_models.py covers the pretrained one
+    "general_packs": [],  # the tokenizer over the pack alone: a 400-token vocabulary over five packs learns little
     "teacher": {
         "hidden_size": 64,
         "num_layers": 2,

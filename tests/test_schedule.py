@@ -129,6 +129,8 @@ def test_served_deployment_runs_and_lands_in_the_mlflow_server(servers, tmp_path
         "--set",
         "tiny.student_epochs=0",
         "--set",
+        "tiny.general_packs=[]",
+        "--set",
         "tiny.teacher={hidden_size: 64, num_layers: 2, num_heads: 2, intermediate_size: 128}",
         "--set",
         "tiny.student={hidden_size: 32, num_layers: 1, num_heads: 2, intermediate_size: 64}",
