@@ -225,7 +225,7 @@ class _ChunkedDivergence(torch.autograd.Function):
                 needs_grad,
             )
             total += (d * w).sum()
-            if grad is not None:  # needs_grad
+            if grad is not None and g is not None:  # needs_grad
                 grad.index_copy_(0, idx, g.mul_(w[:, None]).to(grad.dtype))
         ctx.save_for_backward(grad) if needs_grad else None
         return total
