@@ -243,7 +243,7 @@ def test_cache_folders_deleted_by_hand_are_rebuilt_behind_cached_prefect_results
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-4000:]
     assert "dataset: cached result reused (Prefect)" in log  # the results upstream came from Prefect's cache
-    assert "of a cached result are gone; making them again" in log and "of a cached result is gone" in log
+    assert "for a cached result are gone; making them again" in log and "of a cached result is gone" in log
     assert "resuming from the checkpoint at step" in log  # the rebuilt models are the same models
     assert list((home / "datasets").glob("geo-*/manifest.json")) and list((home / "models").glob("geo-*/DONE"))
     runs = runs_of(home)

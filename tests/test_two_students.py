@@ -69,6 +69,7 @@ def test_two_students_each_row_uses_its_own_student_before(micro, second_student
             "models": {"teacher": micro.models.teacher, "students": students},
             "eval": {"max_gen_toks": 8},
             "distill": {"algorithms": ["sft"], "seeds": [0], "train": {"epochs": 1, "batch_size": 4}},
+            "trust_pack_code": True,  # the micro pack is outside domains/: its eval/utils.py runs when evaluated
         }
     )
     with prefect_test_harness(server_startup_timeout=180):
