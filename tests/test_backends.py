@@ -2,11 +2,9 @@
 vLLM API server on 127.0.0.1, and a local server that injects failures."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,8 @@ from kdbench.data import messages_for
 from kdbench.elicit.teacher import CachedModel
 from kdbench.errors import KdbenchError
 from tests.openai_stub import StubServer
+from tests.vllm_server import vllm_python_or_skip
+from tests.vllm_server import vllm_server as serve_vllm
 
 PROMPTS = [
     "What is the capital of France?",
@@ -26,17 +26,6 @@ PROMPTS = [
     "Which city is Japan's capital?",
     "What is the capital of Canada?",
 ]
-
-
-def _vllm_python():
-    from kdbench.backends.vllm import vllm_python
-
-    try:
-        return vllm_python()
-    except KdbenchError as e:
-        if os.environ.get("KDBENCH_REQUIRE_VLLM") == "1":
-            raise
-        pytest.skip(f"no vLLM environment here ({e}); `make vllm-venv`")
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +45,7 @@ def test_vllm_greedy_matches_hf_and_scores_agree(micro, hf_outputs, tmp_path):
 
     from kdbench.backends.vllm import VLLMBackend
 
-    _vllm_python()
+    vllm_python_or_skip()
     reqs, hf = hf_outputs
     bent = tmp_path / "bent-teacher"
     shutil.copytree(micro.models.teacher, bent)
@@ -78,58 +67,10 @@ def test_vllm_greedy_matches_hf_and_scores_agree(micro, hf_outputs, tmp_path):
         v.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def vllm_server(micro):
-    py = _vllm_python()
-    port = _free_port()
-    from kdbench.backends.vllm import worker_env
-
-    log = open(micro.tmp / "vllm-server.log", "w")
-    proc = subprocess.Popen(
-        [
-            py,
-            "-m",
-            "vllm.entrypoints.openai.api_server",
-            "--model",
-            micro.models.teacher,
-            "--served-model-name",
-            "teacher",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--dtype",
-            "float32",
-            "--max-model-len",
-            "128",
-            "--enforce-eager",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=worker_env(micro.tmp / "vllm", False),
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"vLLM API server exited: {(micro.tmp / 'vllm-server.log').read_text()[-2000:]}")
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            time.sleep(2)
-    else:
-        proc.kill()
-        pytest.fail("vLLM API server not healthy after 300 s")
-    yield f"{url}/v1"
-    proc.terminate()
-    proc.wait(timeout=60)
+    with serve_vllm(micro.models.teacher, "teacher", max_model_len=128, workdir=micro.tmp) as url:
+        yield f"{url}/v1"
 
 
 @pytest.mark.slow

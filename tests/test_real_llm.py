@@ -11,11 +11,7 @@ The model is converted once per module (about 20 s) into a home the flow then us
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import time
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,7 +19,7 @@ import pytest
 import torch
 
 from kdbench.data import encode_text, messages_for, render_messages, tokenize_example
-from kdbench.errors import KdbenchError
+from tests.vllm_server import vllm_python_or_skip, vllm_server
 
 pytestmark = pytest.mark.slow
 
@@ -108,17 +104,6 @@ def _requests():
     )
 
 
-def _vllm_python():
-    from kdbench.backends.vllm import vllm_python
-
-    try:
-        return vllm_python()
-    except KdbenchError as e:
-        if os.environ.get("KDBENCH_REQUIRE_VLLM") == "1":
-            raise
-        pytest.skip(f"no vLLM environment here ({e}); `make vllm-venv`")
-
-
 @pytest.fixture(scope="module")
 def hf_greedy(smol):
     from kdbench.backends import HFBackend, Sampling
@@ -134,7 +119,7 @@ def test_vllm_backend_greedy_equals_hf_on_smollm2(smol, hf_greedy):
     from kdbench.backends import Sampling
     from kdbench.backends.vllm import VLLMBackend
 
-    _vllm_python()
+    vllm_python_or_skip()
     reqs, hf = hf_greedy
     v = VLLMBackend(smol.teacher, max_model_len=512, home=smol.tmp / "vllm")
     try:
@@ -143,61 +128,12 @@ def test_vllm_backend_greedy_equals_hf_on_smollm2(smol, hf_greedy):
         v.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def smol_server(smol):
     """vLLM's OpenAI-compatible server on SmolLM2 (it renders the chat template itself); stopped after its test,
     so it does not hold cores and memory while the rest of the module runs."""
-    from kdbench.backends.vllm import worker_env
-
-    py = _vllm_python()
-    port = _free_port()
-    log_path = smol.tmp / "vllm-server.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [
-                py,
-                "-m",
-                "vllm.entrypoints.openai.api_server",
-                "--model",
-                smol.teacher,
-                "--served-model-name",
-                "smollm2",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--dtype",
-                "float32",
-                "--max-model-len",
-                "512",
-                "--enforce-eager",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=worker_env(smol.tmp / "vllm", False),
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"vLLM API server exited: {log_path.read_text()[-2000:]}")
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            time.sleep(2)
-    else:
-        proc.kill()
-        pytest.fail("vLLM API server not healthy after 300 s")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=60)
+    with vllm_server(smol.teacher, "smollm2", max_model_len=512, workdir=smol.tmp) as url:
+        yield url
 
 
 @pytest.mark.vllm
