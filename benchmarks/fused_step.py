@@ -80,17 +80,6 @@ def _watchdog(budget_mb: float) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def match_threads() -> None:
-    """As many torch threads as CPUs this process may run on. torch defaults to the machine's cores even
-    when the process is pinned to fewer (taskset, a cgroup), and two threads sharing one core make every
-    small parallel op wait on the other: measured 10x slower for a chunked loss, which skews ratios."""
-    import torch
-
-    n = len(os.sched_getaffinity(0))
-    if n < torch.get_num_threads():
-        torch.set_num_threads(n)
-
-
 # ---- the models, the batch and one step per side ------------------------------------------------
 
 
@@ -328,7 +317,9 @@ def main() -> None:
     ap.add_argument("--budget-mb", type=float)
     a = ap.parse_args()
     if a.mem_worker or a.time_worker:
-        match_threads()
+        from kdbench.config import threads_within_affinity
+
+        threads_within_affinity()  # torch's threads within the CPUs this worker may use
     if a.mem_worker:
         print(json.dumps(worker_memory(*a.mem_worker, a.batch, a.seq, a.home, a.budget_mb)))
         return

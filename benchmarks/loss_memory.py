@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -27,17 +26,6 @@ import time
 
 LOSSES = ["fkl", "rkl", "jsd", "tvd", "skl", "srkl"]
 IMPLS = ("kdbench", "reference")
-
-
-def match_threads() -> None:
-    """As many torch threads as CPUs this process may run on. torch defaults to the machine's cores even
-    when the process is pinned to fewer (taskset, a cgroup), and two threads sharing one core make every
-    small parallel op wait on the other: measured 10x slower for a chunked loss, which skews ratios."""
-    import torch
-
-    n = len(os.sched_getaffinity(0))
-    if n < torch.get_num_threads():
-        torch.set_num_threads(n)
 
 
 def reference(name: str):
@@ -145,7 +133,9 @@ def main() -> None:
     if a.quick:
         a.bt, a.vocab, a.reps = 256, 4000, 2
     if a.worker or a.time_worker:
-        match_threads()
+        from kdbench.config import threads_within_affinity
+
+        threads_within_affinity()  # torch's threads within the CPUs this worker may use
     if a.worker:
         print(json.dumps(worker(*a.worker, a.bt, a.vocab)))
         return

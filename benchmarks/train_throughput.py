@@ -37,17 +37,6 @@ NEW_TOKENS = 32
 LR = 3e-3
 
 
-def match_threads() -> None:
-    """As many torch threads as CPUs this process may run on. torch defaults to the machine's cores even
-    when the process is pinned to fewer (taskset, a cgroup), and two threads sharing one core make every
-    small parallel op wait on the other: measured 10x slower for a chunked loss, which skews ratios."""
-    import torch
-
-    n = len(os.sched_getaffinity(0))
-    if n < torch.get_num_threads():
-        torch.set_num_threads(n)
-
-
 def fixture(home: str):
     """The law pack's tiny models and elicited rows (built and cached by kdbench if missing)."""
     from kdbench.config import load_config
@@ -238,7 +227,9 @@ def main() -> None:
     ap.add_argument("--worker")
     a = ap.parse_args()
     if a.worker:
-        match_threads()
+        from kdbench.config import threads_within_affinity
+
+        threads_within_affinity()  # torch's threads within the CPUs this worker may use
         print(json.dumps({"seconds": worker(json.loads(a.worker), a.steps, a.batch, a.home)}))
         return
     from transformers import AutoTokenizer

@@ -40,18 +40,7 @@ def _quiet_env() -> None:
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     }.items():
         os.environ.setdefault(k, v)
-    _threads_within_affinity()
-
-
-def _threads_within_affinity() -> None:
-    """As many torch threads as CPUs this process may run on (taskset, a cgroup): torch counts the machine's
-    cores, and two threads sharing one core ran a chunked loss 10x slower here."""
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch = sys.modules.get("torch")
-    if torch is None:
-        os.environ.setdefault("OMP_NUM_THREADS", str(n))
-    elif torch.get_num_threads() > n:
-        torch.set_num_threads(n)
+    run_config.threads_within_affinity()
 
 
 def _csv(s: str | None) -> list[str] | None:
