@@ -15,7 +15,12 @@ Pairs:
   gkd        kdbench gkd(0.5, 0.5)  vs  trl.experimental GKDTrainer(lmbda=0.5, beta=0.5)
   on-policy  kdbench gkd(1.0, 0.5)  vs  trl.DistillationTrainer(beta=0.5)               every batch generated
 
-    python benchmarks/train_throughput.py [--steps 30] [--batch 16] [--repeats 5] [--home .kdbench]
+Peak memory: each worker's peak RSS during the training loop above its RSS just
+before it (the loaded models), read from the kernel (VmHWM after clear_refs).
+--models smollm2 runs the same pairs on SmolLM2-135M-Instruct -> its 4-layer prune
+(the real 49,152-token vocabulary), still on the law rows.
+
+    python benchmarks/train_throughput.py [--steps 30] [--batch 16] [--repeats 5] [--home .kdbench] [--models tiny]
 """
 
 from __future__ import annotations
@@ -37,11 +42,21 @@ NEW_TOKENS = 32
 LR = 3e-3
 
 
-def fixture(home: str):
-    """The law pack's tiny models and elicited rows (built and cached by kdbench if missing)."""
+MODELS = {  # --models: (teacher, student); "tiny" is the embedded law pair
+    "tiny": None,
+    "smollm2": ("smollm2", "pruned:smollm2:4"),
+}
+
+
+def fixture(home: str, models: str = "tiny") -> tuple[str, str, list[dict]]:
+    """(teacher folder, student folder, the law pack's elicited rows), built and cached by kdbench if missing.
+
+    The rows are always the embedded law teacher's answers, so both model pairs train on the same text.
+    """
     from kdbench.config import load_config
     from kdbench.dataset import build_dataset, load_examples
     from kdbench.elicit import elicit
+    from kdbench.models.refs import resolve
     from kdbench.models.tiny import build_tiny_models
     from kdbench.packs import load_pack
 
@@ -49,38 +64,78 @@ def fixture(home: str):
     pack = load_pack("law")
     m = build_tiny_models(pack, cfg.tiny, cfg.home_path)
     rows = load_examples(build_dataset(pack, elicit(pack, m.teacher, cfg, cfg.home_path).path, cfg.home_path))
-    return cfg, m, [r for r in rows if r["response"]]
+    rows = [r for r in rows if r["response"]]
+    pair = MODELS[models]
+    if pair is None:
+        return m.teacher, m.student, rows
+    return resolve(pair[0], cfg.home_path), resolve(pair[1], cfg.home_path), rows
 
 
-def run_kdbench(algo: str, hp: dict, steps: int, batch: int, home: str) -> float:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+# ---- memory readings from the kernel: the peak of the training loop above the loaded models -------
+
+
+def _status_mb(key: str) -> float:
+    """VmRSS or VmHWM of this process, MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def _load(path: str):
+    """A model in anonymous memory (from_pretrained may map the file, paged in on first use)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data = p.data.clone()
+    return model
+
+
+def _measured(run) -> dict:
+    """Run ``run()`` -> seconds of the training loop; its peak RSS above the RSS it started from, MiB."""
+    import gc
+
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # the peak mark (VmHWM) := the current RSS
+    base = _status_mb("VmRSS")
+    seconds = run()
+    return {"seconds": seconds, "peak_mb": _status_mb("VmHWM") - base}
+
+
+def run_kdbench(algo: str, hp: dict, steps: int, batch: int, home: str, models: str) -> dict:
+    from transformers import AutoTokenizer
 
     from kdbench.config import TrainConfig
     from kdbench.data import tokenize_example
     from kdbench.distill.registry import ALGORITHMS
     from kdbench.training import train
 
-    cfg, m, rows = fixture(home)
-    tok = AutoTokenizer.from_pretrained(m.student)
-    student = AutoModelForCausalLM.from_pretrained(m.student)
-    teacher = AutoModelForCausalLM.from_pretrained(m.teacher)
+    teacher_dir, student_dir, rows = fixture(home, models)
+    tok = AutoTokenizer.from_pretrained(student_dir)
+    student, teacher = _load(student_dir), _load(teacher_dir)
     examples = [tokenize_example(tok, r["prompt"], r["response"], max_length=192) for r in rows]
     a = ALGORITHMS[algo]
     tc = TrainConfig(max_steps=steps, batch_size=batch, lr=LR, save_every=0, log_every=10**9, warmup_ratio=0.0)
     with tempfile.TemporaryDirectory() as out:
-        res = train(
-            student,
-            tok,
-            examples,
-            a.step,
-            cfg=tc,
-            out_dir=Path(out),
-            seed=0,
-            teacher=teacher,
-            hp=a.config.model_validate(hp),
-            desc=f"kdbench {algo}",
+        return _measured(
+            lambda: (
+                train(
+                    student,
+                    tok,
+                    examples,
+                    a.step,
+                    cfg=tc,
+                    out_dir=Path(out),
+                    seed=0,
+                    teacher=teacher,
+                    hp=a.config.model_validate(hp),
+                    desc=f"kdbench {algo}",
+                ).seconds
+            )
         )
-    return res.seconds
 
 
 def _messages(rows):
@@ -115,25 +170,19 @@ class _Clock:
         self.callback = CB()
 
 
-def run_trl_gkd(lmbda: float, beta: float, steps: int, batch: int, home: str) -> float:
+def _run_trl(trainer_cls, config_cls, config: dict, data: list[dict], home: str, models: str) -> dict:
+    """One TRL trainer on the same models, rows, batch, steps, learning rate and schedule as kdbench's side."""
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl.experimental.gkd import GKDConfig, GKDTrainer
+    from transformers import AutoTokenizer
 
-    cfg, m, rows = fixture(home)
-    tok = AutoTokenizer.from_pretrained(m.student)
+    teacher_dir, student_dir, _ = fixture(home, models)
+    tok = AutoTokenizer.from_pretrained(student_dir)
     clock = _Clock()
     with tempfile.TemporaryDirectory() as out:
-        args = GKDConfig(
+        args = config_cls(
             output_dir=out,
-            per_device_train_batch_size=batch,
-            max_steps=steps,
             learning_rate=LR,
-            lmbda=lmbda,
-            beta=beta,
-            max_new_tokens=NEW_TOKENS,
             temperature=1.0,
-            max_length=192,
             logging_steps=10**6,
             save_strategy="no",
             report_to=[],
@@ -142,60 +191,38 @@ def run_trl_gkd(lmbda: float, beta: float, steps: int, batch: int, home: str) ->
             lr_scheduler_type="cosine",
             warmup_steps=0,
             seed=0,
+            **config,
         )
-        trainer = GKDTrainer(
-            model=AutoModelForCausalLM.from_pretrained(m.student),
-            teacher_model=AutoModelForCausalLM.from_pretrained(m.teacher),
+        trainer = trainer_cls(
+            model=_load(student_dir),
+            teacher_model=_load(teacher_dir),
             args=args,
-            train_dataset=Dataset.from_list(_messages(rows)),
+            train_dataset=Dataset.from_list(data),
             processing_class=tok,
             callbacks=[clock.callback],
         )
-        trainer.train()
-    return clock.seconds
+        return _measured(lambda: (trainer.train(), clock.seconds)[1])
 
 
-def run_trl_distillation(beta: float, steps: int, batch: int, home: str) -> float:
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def run_trl_gkd(lmbda: float, beta: float, steps: int, batch: int, home: str, models: str) -> dict:
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    config = {"per_device_train_batch_size": batch, "max_steps": steps, "lmbda": lmbda, "beta": beta}
+    config |= {"max_new_tokens": NEW_TOKENS, "max_length": 192}
+    rows = fixture(home, models)[2]
+    return _run_trl(GKDTrainer, GKDConfig, config, _messages(rows), home, models)
+
+
+def run_trl_distillation(beta: float, steps: int, batch: int, home: str, models: str) -> dict:
     from trl import DistillationConfig, DistillationTrainer
 
     from kdbench.data import QUESTION_TEMPLATE
 
-    cfg, m, rows = fixture(home)
-    tok = AutoTokenizer.from_pretrained(m.student)
-    clock = _Clock()
-    data = Dataset.from_list(
-        [{"prompt": [{"role": "user", "content": QUESTION_TEMPLATE.format(prompt=r["prompt"])}]} for r in rows]
-    )
-    with tempfile.TemporaryDirectory() as out:
-        args = DistillationConfig(
-            output_dir=out,
-            per_device_train_batch_size=batch,
-            max_steps=steps,
-            learning_rate=LR,
-            beta=beta,
-            max_completion_length=NEW_TOKENS,
-            temperature=1.0,
-            logging_steps=10**6,
-            save_strategy="no",
-            report_to=[],
-            use_cpu=True,
-            dataloader_num_workers=0,
-            lr_scheduler_type="cosine",
-            warmup_steps=0,
-            seed=0,
-        )
-        trainer = DistillationTrainer(
-            model=AutoModelForCausalLM.from_pretrained(m.student),
-            teacher_model=AutoModelForCausalLM.from_pretrained(m.teacher),
-            args=args,
-            train_dataset=data,
-            processing_class=tok,
-            callbacks=[clock.callback],
-        )
-        trainer.train()
-    return clock.seconds
+    config = {"per_device_train_batch_size": batch, "max_steps": steps, "beta": beta}
+    config["max_completion_length"] = NEW_TOKENS
+    rows = fixture(home, models)[2]
+    data = [{"prompt": [{"role": "user", "content": QUESTION_TEMPLATE.format(prompt=r["prompt"])}]} for r in rows]
+    return _run_trl(DistillationTrainer, DistillationConfig, config, data, home, models)
 
 
 PAIRS = {
@@ -208,13 +235,13 @@ PAIRS = {
 }
 
 
-def worker(spec: list, steps: int, batch: int, home: str) -> float:
+def worker(spec: list, steps: int, batch: int, home: str, models: str) -> dict:
     kind = spec[0]
     if kind == "kdbench":
-        return run_kdbench(spec[1], spec[2], steps, batch, home)
+        return run_kdbench(spec[1], spec[2], steps, batch, home, models)
     if kind == "trl-gkd":
-        return run_trl_gkd(spec[1], spec[2], steps, batch, home)
-    return run_trl_distillation(spec[1], steps, batch, home)
+        return run_trl_gkd(spec[1], spec[2], steps, batch, home, models)
+    return run_trl_distillation(spec[1], steps, batch, home, models)
 
 
 def main() -> None:
@@ -224,65 +251,67 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="alternating pairs per configuration")
     ap.add_argument("--home", default=".kdbench")
     ap.add_argument("--pairs", default=",".join(PAIRS))
+    ap.add_argument("--models", choices=list(MODELS), default="tiny", help="tiny: the embedded law pair")
     ap.add_argument("--worker")
     a = ap.parse_args()
     if a.worker:
         from kdbench.config import threads_within_affinity
 
         threads_within_affinity()  # torch's threads within the CPUs this worker may use
-        print(json.dumps({"seconds": worker(json.loads(a.worker), a.steps, a.batch, a.home)}))
+        print(json.dumps(worker(json.loads(a.worker), a.steps, a.batch, a.home, a.models)))
         return
     from transformers import AutoTokenizer
 
     from kdbench.data import tokenize_example
 
-    _, m, rows = fixture(a.home)  # build once, before anything is timed
-    tok = AutoTokenizer.from_pretrained(m.student)
+    _, student_dir, rows = fixture(a.home, a.models)  # build once, before anything is timed
+    tok = AutoTokenizer.from_pretrained(student_dir)
     mean_tokens = statistics.mean(
         len(tokenize_example(tok, r["prompt"], r["response"], max_length=192)["input_ids"]) for r in rows
     )
     tokens = a.steps * a.batch * mean_tokens
+    names = "law tiny teacher/student" if a.models == "tiny" else " -> ".join(MODELS[a.models] or ())
     print(
-        f"law tiny teacher/student, {len(rows)} examples, {a.steps} steps x batch {a.batch}, "
+        f"{names}, {len(rows)} law examples, {a.steps} steps x batch {a.batch}, "
         f"{mean_tokens:.1f} tokens/example, {NEW_TOKENS} new tokens on-policy; {a.repeats} alternating pairs"
     )
-    print("| pair | kdbench tokens/s (median) | TRL tokens/s (median) | speed-up: median of pairs (min–max) |")
-    print("|---|---|---|---|")
+    print(
+        "| pair | kdbench tokens/s (median) | TRL tokens/s (median) | speed-up: median of pairs (min–max) "
+        "| kdbench peak MiB (median) | TRL peak MiB (median) | memory ratio: median of pairs (min–max) |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for name in a.pairs.split(","):
-        times = {"kdbench": [], "trl": []}
+        runs = {"kdbench": [], "trl": []}
         for r in range(a.repeats):
             sides = list(zip(("kdbench", "trl"), PAIRS[name], strict=True))
             for side, spec in sides if r % 2 == 0 else sides[::-1]:  # each side goes first in turn
-                out = subprocess.run(
-                    [
-                        sys.executable,
-                        __file__,
-                        "--worker",
-                        json.dumps(spec),
-                        "--steps",
-                        str(a.steps),
-                        "--batch",
-                        str(a.batch),
-                        "--home",
-                        a.home,
-                    ],
-                    capture_output=True,
-                    text=True,
-                )
+                cmd = [sys.executable, __file__, "--worker", json.dumps(spec), "--models", a.models]
+                cmd += ["--steps", str(a.steps), "--batch", str(a.batch), "--home", a.home]
+                out = subprocess.run(cmd, capture_output=True, text=True)
                 if out.returncode:
                     raise SystemExit(f"{name}/{side} failed:\n{out.stderr[-3000:]}")
-                times[side].append(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+                runs[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            k, t = runs["kdbench"][-1], runs["trl"][-1]
             print(
-                f"  {name} pair {r}: kdbench {times['kdbench'][-1]:.2f} s, TRL {times['trl'][-1]:.2f} s",
+                f"  {name} pair {r}: kdbench {k['seconds']:.2f} s {k['peak_mb']:.0f} MiB, "
+                f"TRL {t['seconds']:.2f} s {t['peak_mb']:.0f} MiB",
                 file=sys.stderr,
+                flush=True,
             )
-        k, t = statistics.median(times["kdbench"]), statistics.median(times["trl"])
-        ups = [tt / kk for kk, tt in zip(times["kdbench"], times["trl"], strict=True)]
+        pairs = list(zip(runs["kdbench"], runs["trl"], strict=True))
+        ups = [t["seconds"] / k["seconds"] for k, t in pairs]
+        mem = [k["peak_mb"] / t["peak_mb"] for k, t in pairs]
+        k_s, t_s = (statistics.median(x["seconds"] for x in runs[s]) for s in ("kdbench", "trl"))
+        k_m, t_m = (statistics.median(x["peak_mb"] for x in runs[s]) for s in ("kdbench", "trl"))
         print(
-            f"| {name} | {tokens / k:,.0f} | {tokens / t:,.0f} | "
-            f"{statistics.median(ups):.2f}× ({min(ups):.2f}–{max(ups):.2f}) |",
+            f"| {name} | {tokens / k_s:,.0f} | {tokens / t_s:,.0f} | {_spread(ups)} "
+            f"| {k_m:,.0f} | {t_m:,.0f} | {_spread(mem)} |",
             flush=True,
         )
+
+
+def _spread(xs: list[float]) -> str:
+    return f"{statistics.median(xs):.2f}× ({min(xs):.2f}–{max(xs):.2f})"
 
 
 if __name__ == "__main__":
