@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticUndefined
 
 from kdbench.errors import ConfigError, did_you_mean
@@ -109,6 +109,20 @@ class ModelsConfig(_Strict):
     """weights' dtype when loading models"""
 
 
+class VLLMEngineConfig(_Strict):
+    """How the vllm backend's engine spreads a teacher over GPUs (vLLM's own names; see the README's GPU section)."""
+
+    tensor_parallel_size: int = Field(1, ge=1)
+    """GPUs each layer is split across (vLLM tensor parallelism); at most the GPUs of one machine"""
+    pipeline_parallel_size: int = Field(1, ge=1)
+    """groups of layers on successive GPUs (vLLM pipeline parallelism); GPUs used = tensor x pipeline"""
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    """share of each GPU's memory the engine may take for weights and KV cache (lower it to share a GPU)"""
+    max_model_len: int | None = None
+    """longest prompt + answer the engine plans its KV cache for (default: the model's context; the embedded
+    tiny teacher's own)"""
+
+
 class ElicitConfig(_Strict):
     """How knowledge is drawn out of the teacher (survey, section 3)."""
 
@@ -155,6 +169,8 @@ class ElicitConfig(_Strict):
     """teacher log-probs kept per token by the feature method"""
     vllm_python: str | None = None
     """Python of the environment with vLLM (default: .venv-vllm, see README)"""
+    vllm: VLLMEngineConfig = VLLMEngineConfig()
+    """the vllm backend's engine: parallelism and memory"""
     openai_base_url: str | None = None
     """OpenAI-compatible endpoint of the openai backend (the key comes from the environment only)"""
     openai_model: str | None = None
@@ -192,6 +208,10 @@ class TrainConfig(_Strict):
     """LoRA rank"""
     lora_alpha: int = 32
     """LoRA scaling"""
+    processes: int = Field(1, ge=1)
+    """processes training one student together: accelerate's distributed data parallelism (DDP), launched by
+    torch's launcher from the flow's task (gloo on CPU, one GPU each with NCCL); each takes its share of every
+    batch of batch_size examples, and the main process alone writes checkpoints and logs (distill/launch.py)"""
     fused: bool = True
     """compute logits, loss and gradients from the final hidden states one chunk of positions at a time, never
     holding [batch, length, vocabulary] logits (kdbench/distill/fused.py); false: the models' full logits"""

@@ -78,12 +78,27 @@ class TrainResult:
     peak_mem_mb: float
     final_loss: float
     resumed_from: int = 0
+    main_process: bool = True  # False in the other processes of a multi-process launch: they write nothing
 
 
 def _peak_mem_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _global_mean(accelerator, loss: torch.Tensor, n_local: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(the loss each of N processes backpropagates, the batch's loss) for a loss that is a mean over n_local
+    target tokens of this process's share of the batch.
+
+    DDP averages the processes' gradients; scaled by N * n_local / n_global, their average is the gradient of the
+    mean over all the batch's tokens, as on one process (a loss that averages over sequences is weighed by
+    tokens instead). Every process gets the same batch loss, so all stop together on a NaN.
+    """
+    n = n_local.detach().float()
+    n_global = accelerator.reduce(n.clone(), "sum").clamp_min(1.0)
+    total = accelerator.reduce(loss.detach() * n, "sum")
+    return loss * (accelerator.num_processes * n / n_global), float(total / n_global)
 
 
 def _batch_order(lengths: list[int], batch_size: int, total_steps: int, seed: int) -> list[list[int]]:
@@ -193,9 +208,9 @@ def train(
     # modules an algorithm trains beside the student (hidden's projections) are prepared with it, so under
     # several processes their gradients synchronise too
     modules = [k for k, m in extra.items() if isinstance(m, torch.nn.Module)]
-    student, optimizer, scheduler, *prepared = accelerator.prepare(
-        student, optimizer, scheduler, *[extra[k] for k in modules]
-    )
+    # the scheduler is not prepared: accelerate would step it once per process (each process's batches counted as
+    # the dataset's), where here N processes share each batch and the schedule is in global steps
+    student, optimizer, *prepared = accelerator.prepare(student, optimizer, *[extra[k] for k in modules])
     extra = {**extra, **dict(zip(modules, prepared, strict=True))}
     unwrapped = {k: accelerator.unwrap_model(extra[k]) for k in modules}  # what checkpoints hold
     if teacher is not None:
@@ -205,20 +220,24 @@ def train(
     ckpt = out_dir / "checkpoint"
     start = 0
     old = ckpt.with_name(ckpt.name + ".old")  # killed while swapping in a new one: the previous is whole
-    if not (ckpt / "step.json").exists() and (old / "step.json").exists():
+    main = accelerator.is_main_process  # of several processes, the one that moves files
+    if main and not (ckpt / "step.json").exists() and (old / "step.json").exists():
         shutil.rmtree(ckpt, ignore_errors=True)
         old.rename(ckpt)
+    accelerator.wait_for_everyone()
     if (ckpt / "step.json").exists():
         try:
             start = _load_checkpoint(ckpt, accelerator.unwrap_model(student), optimizer, scheduler, unwrapped)
             log.info(f"{desc}: resuming from the checkpoint at step {start}/{total}")
         except Exception as e:  # a truncated or corrupted file: keep it for inspection, start over
-            aside = ckpt.with_name(f"checkpoint.corrupt-{int(time.time())}")
-            ckpt.rename(aside)
-            log.warning(
-                f"{desc}: the checkpoint in {ckpt} cannot be read ({type(e).__name__}: "
-                f"{str(e)[:200]}); moved to {aside.name}, training starts from step 0"
-            )
+            accelerator.wait_for_everyone()  # every process has read it before it moves
+            if main:
+                aside = ckpt.with_name(f"checkpoint.corrupt-{int(time.time())}")
+                ckpt.rename(aside)
+                log.warning(
+                    f"{desc}: the checkpoint in {ckpt} cannot be read ({type(e).__name__}: "
+                    f"{str(e)[:200]}); moved to {aside.name}, training starts from step 0"
+                )
             start = 0
 
     ctx = StepContext(
@@ -243,14 +262,28 @@ def train(
                 log_fn(*point)
         pending.clear()
 
+    several = accelerator.num_processes > 1
+    if not accelerator.is_main_process:
+        log_fn = None  # the main process logs the curve and writes checkpoints and the model
     student.train()
-    bar = tqdm(range(start, total), desc=desc, initial=start, total=total, dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(
+        range(start, total),
+        desc=desc,
+        initial=start,
+        total=total,
+        dynamic_ncols=True,
+        mininterval=1.0,
+        disable=not accelerator.is_main_process,
+    )
     for step in bar:
         ctx.step = step
         idx = order[step][accelerator.process_index :: accelerator.num_processes] or order[step]
         batch = {k: v.to(dev) for k, v in collate([examples[i] for i in idx], pad).items()}
         loss, logs = step_fn(ctx, batch)
-        loss_val = float(loss.detach())
+        if several:  # each process's loss is a mean over its share's target tokens: weigh it to the global mean
+            loss, loss_val = _global_mean(accelerator, loss, batch["loss_mask"][:, 1:].sum())
+        else:
+            loss_val = float(loss.detach())
         if not math.isfinite(loss_val):
             raise NonFiniteLossError(step, loss_val, str(ckpt) if last_saved is not None else None)
         optimizer.zero_grad(set_to_none=True)
@@ -267,18 +300,23 @@ def train(
                 values = {"train.loss": loss_val, "train.lr": scheduler.get_last_lr()[0]}
                 pending.append((step, {**values, **{f"train.{k}": v for k, v in logs.items()}}))
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
-            try:
-                _save_checkpoint(ckpt, accelerator.unwrap_model(student), optimizer, scheduler, step + 1, unwrapped)
-            except OSError as e:
-                kept = f"the checkpoint at step {last_saved} is kept" if last_saved else "no earlier checkpoint exists"
-                raise RuntimeFailure(
-                    f"{desc}: could not write the checkpoint at step {step + 1} in {ckpt} ({e}); "
-                    f"{kept}. Free disk space or fix permissions and rerun to resume."
-                ) from e
+            if accelerator.is_main_process:  # one writer; every process holds the same weights (DDP)
+                try:
+                    model = accelerator.unwrap_model(student)
+                    _save_checkpoint(ckpt, model, optimizer, scheduler, step + 1, unwrapped)
+                except OSError as e:
+                    kept = f"the checkpoint at step {last_saved} is kept" if last_saved else "no earlier checkpoint"
+                    raise RuntimeFailure(
+                        f"{desc}: could not write the checkpoint at step {step + 1} in {ckpt} ({e}); "
+                        f"{kept}. Free disk space or fix permissions and rerun to resume."
+                    ) from e
+            accelerator.wait_for_everyone()
             last_saved = step + 1
             send()  # a rerun resumes after these steps: they are logged once
     bar.close()
     seconds = time.perf_counter() - t0
+    if several:  # every process's tokens
+        tokens = int(accelerator.reduce(torch.tensor(tokens, device=dev), "sum"))
 
     model = accelerator.unwrap_model(student)
     if cfg.lora:
@@ -292,6 +330,7 @@ def train(
         shutil.rmtree(model_dir, ignore_errors=True)
         tmp.rename(model_dir)
         shutil.rmtree(ckpt, ignore_errors=True)
+    accelerator.wait_for_everyone()
     send()
     return TrainResult(
         model_dir=model_dir,
@@ -302,4 +341,5 @@ def train(
         peak_mem_mb=_peak_mem_mb(dev),
         final_loss=loss_val,
         resumed_from=start,
+        main_process=accelerator.is_main_process,
     )

@@ -39,11 +39,13 @@ def hf_outputs(micro):
 def test_vllm_greedy_matches_hf_and_scores_agree(micro, hf_outputs, tmp_path):
     """On a copy of the teacher whose generation_config.json asks for top_k = 1 and a repetition penalty: vLLM's
     greedy outputs still equal hf's (the penalty would change them), and its samples are the model's own (top_k = 1
-    would make every sample the greedy answer)."""
+    would make every sample the greedy answer). The engine is made from a run config the way elicitation makes it,
+    and its `elicit.vllm` settings are the ones the running engine reports."""
     import json
     import shutil
 
-    from kdbench.backends.vllm import VLLMBackend
+    from kdbench.backends import make_backend
+    from kdbench.config import load_config
 
     vllm_python_or_skip()
     reqs, hf = hf_outputs
@@ -55,8 +57,11 @@ def test_vllm_greedy_matches_hf_and_scores_agree(micro, hf_outputs, tmp_path):
     (bent / "generation_config.json").write_text(
         json.dumps({**gen, "do_sample": True, "top_k": 1, "repetition_penalty": 5.0})
     )
-    v = VLLMBackend(str(bent), max_model_len=128, home=micro.tmp / "vllm")
+    engine = {"gpu_memory_utilization": 0.5, "max_model_len": 96, "tensor_parallel_size": 1}
+    cfg = load_config(overrides=micro.cfg.model_dump() | {"elicit": {"vllm": engine}})
+    v = make_backend("vllm", str(bent), cfg, "cpu")
     try:
+        assert v.engine_config() == {**engine, "pipeline_parallel_size": 1}
         assert v.generate(reqs, Sampling(max_new_tokens=16)) == hf
         got, want = v.score(reqs, hf), HFBackend(micro.models.teacher).score(reqs, hf)
         for (a, n), (b, m) in zip(got, want, strict=True):
@@ -65,6 +70,40 @@ def test_vllm_greedy_matches_hf_and_scores_agree(micro, hf_outputs, tmp_path):
         assert sum(s != h for s, h in zip(sampled, hf, strict=True)) >= len(reqs) - 1
     finally:
         v.close()
+
+
+def test_vllm_engine_settings_reach_the_engine_arguments():
+    """elicit.vllm's keys are the LLM(...) arguments the worker builds the engine with; CPU runs eagerly."""
+    from kdbench.backends.vllm import engine_args
+    from kdbench.config import load_config
+
+    cfg = load_config(
+        overrides={"pack": "law", "elicit": {"vllm": {"tensor_parallel_size": 4, "pipeline_parallel_size": 2}}}
+    )
+    v = cfg.elicit.vllm
+    args = engine_args(
+        "m",
+        revision=None,
+        dtype="bfloat16",
+        trust_remote_code=False,
+        on_gpu=True,
+        tensor_parallel_size=v.tensor_parallel_size,
+        pipeline_parallel_size=v.pipeline_parallel_size,
+        gpu_memory_utilization=v.gpu_memory_utilization,
+    )
+    assert args == {
+        "model": "m",
+        "dtype": "bfloat16",
+        "trust_remote_code": False,
+        "enforce_eager": False,
+        "seed": 0,
+        "tensor_parallel_size": 4,
+        "pipeline_parallel_size": 2,
+        "gpu_memory_utilization": 0.9,
+    }
+    assert engine_args("m", revision="r", dtype="float32", trust_remote_code=False, on_gpu=False)["enforce_eager"]
+    with pytest.raises(KdbenchError, match="elicit.vllm.gpu_memory_utilization"):
+        load_config(overrides={"pack": "law", "elicit": {"vllm": {"gpu_memory_utilization": 1.5}}})
 
 
 @pytest.fixture(scope="module")

