@@ -10,7 +10,7 @@ hyperparameters are typed per algorithm in kdbench/distill/ and set under
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -112,11 +112,11 @@ class ModelsConfig(_Strict):
 class VLLMEngineConfig(_Strict):
     """How the vllm backend's engine spreads a teacher over GPUs (vLLM's own names; see the README's GPU section)."""
 
-    tensor_parallel_size: int = Field(1, ge=1)
+    tensor_parallel_size: Annotated[int, Field(ge=1)] = 1
     """GPUs each layer is split across (vLLM tensor parallelism); at most the GPUs of one machine"""
-    pipeline_parallel_size: int = Field(1, ge=1)
+    pipeline_parallel_size: Annotated[int, Field(ge=1)] = 1
     """groups of layers on successive GPUs (vLLM pipeline parallelism); GPUs used = tensor x pipeline"""
-    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    gpu_memory_utilization: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
     """share of each GPU's memory the engine may take for weights and KV cache (lower it to share a GPU)"""
     max_model_len: int | None = None
     """longest prompt + answer the engine plans its KV cache for (default: the model's context; the embedded
@@ -208,7 +208,7 @@ class TrainConfig(_Strict):
     """LoRA rank"""
     lora_alpha: int = 32
     """LoRA scaling"""
-    processes: int = Field(1, ge=1)
+    processes: Annotated[int, Field(ge=1)] = 1
     """processes training one student together: accelerate's distributed data parallelism (DDP), launched by
     torch's launcher from the flow's task (gloo on CPU, one GPU each with NCCL); each takes its share of every
     batch of batch_size examples, and the main process alone writes checkpoints and logs (distill/launch.py)"""

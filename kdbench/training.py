@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -96,8 +96,8 @@ def _global_mean(accelerator, loss: torch.Tensor, n_local: torch.Tensor) -> tupl
     tokens instead). Every process gets the same batch loss, so all stop together on a NaN.
     """
     n = n_local.detach().float()
-    n_global = accelerator.reduce(n.clone(), "sum").clamp_min(1.0)
-    total = accelerator.reduce(loss.detach() * n, "sum")
+    n_global = cast(torch.Tensor, accelerator.reduce(n.clone(), "sum")).clamp_min(1.0)
+    total = cast(torch.Tensor, accelerator.reduce(loss.detach() * n, "sum"))
     return loss * (accelerator.num_processes * n / n_global), float(total / n_global)
 
 
@@ -316,7 +316,7 @@ def train(
     bar.close()
     seconds = time.perf_counter() - t0
     if several:  # every process's tokens
-        tokens = int(accelerator.reduce(torch.tensor(tokens, device=dev), "sum"))
+        tokens = int(cast(torch.Tensor, accelerator.reduce(torch.tensor(tokens, device=dev), "sum")).item())
 
     model = accelerator.unwrap_model(student)
     if cfg.lora:
