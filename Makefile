@@ -51,9 +51,11 @@ $(VENV)/.test-installed: $(VENV)/.installed
 
 vllm-venv: .venv-vllm/.installed
 
-# headless Chromium renders the HTML report in tests/test_report_html.py (Debian package `chromium`)
+# headless Chromium renders the HTML report in tests/test_report_html.py (Debian package `chromium`);
+# PostgreSQL is the team mode's MLflow database in tests/test_team.py (Debian package `postgresql`)
 test-deps: $(VENV)/.test-installed .venv-vllm/.installed
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq postgresql)
 
 lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check .

@@ -8,7 +8,7 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.domain import summarize, wait_pack, where_to_look
-from flows.tasks import report, submit_pack
+from flows.tasks import check_crash_retries, report, submit_pack
 from kdbench import tracking
 from kdbench.config import RunConfig
 from kdbench.log import get_logger
@@ -22,6 +22,7 @@ log = get_logger("flows")
 @flow(name="kdbench-benchmark", persist_result=True, task_runner=ThreadPoolTaskRunner(max_workers=8))  # pyright: ignore[reportCallIssue, reportArgumentType]
 def benchmark_flow(config: dict, packs: list[str]) -> dict:
     """``config``: a resolved RunConfig (its ``pack`` is replaced by each of ``packs``)."""
+    check_crash_retries()
     rc = RunConfig.model_validate(config)
     config = rc.model_dump(mode="json")
     for ref in packs:  # every pack checked before any work starts

@@ -13,7 +13,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.tasks import cached_note, report, submit_pack
+from flows.tasks import cached_note, check_crash_retries, report, submit_pack
 from kdbench import steps, tracking
 from kdbench.config import RunConfig
 from kdbench.log import get_logger
@@ -63,6 +63,7 @@ def where_to_look(paths: dict, uri: str, label: str = "leaderboard") -> None:
 @flow(name="kdbench-domain", persist_result=True, task_runner=ThreadPoolTaskRunner(max_workers=4))  # pyright: ignore[reportCallIssue, reportArgumentType]
 def domain_flow(config: dict) -> dict:
     """Run the benchmark for one pack; ``config`` is a resolved RunConfig as a dict."""
+    check_crash_retries()
     rc = RunConfig.model_validate(config)
     preflight(rc)
     config = rc.model_dump(mode="json")  # a partial config (a deployment's parameters) gets every default

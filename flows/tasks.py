@@ -28,6 +28,24 @@ log = get_logger("flows")
 CACHED = {"cache_policy": TASK_SOURCE + INPUTS, "persist_result": True}
 
 
+def check_crash_retries() -> None:
+    """A run scheduled again after crashes (kdbench.schedule's automations) gives up after CRASH_RETRIES of them,
+    so a run that always crashes (out of memory at the same step) ends Failed instead of looping."""
+    from prefect.runtime import flow_run
+
+    from kdbench.errors import RuntimeFailure
+    from kdbench.schedule import CRASH_RETRIES
+
+    runs = int(flow_run.run_count or 1)
+    if runs > 1:
+        log.info(f"flow run {flow_run.name}: attempt {runs}, resuming from the cached steps of the crashed ones")
+    if runs > 1 + CRASH_RETRIES:
+        raise RuntimeFailure(
+            f"flow run {flow_run.name} crashed {runs - 1} times (at most {CRASH_RETRIES} retries): see the logs of "
+            "its earlier attempts (out of memory? a dead machine?); a new run resumes from its cached steps"
+        )
+
+
 def slots(config: dict) -> int:
     return config.get("orchestration", {}).get("gpu_slots") or max(1, torch.cuda.device_count())
 

@@ -156,6 +156,12 @@ def cmd_schedule(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_automations(a: argparse.Namespace) -> int:
+    for name in schedule.ensure_automations():
+        print(name)
+    return 0
+
+
 def cmd_algorithms(a: argparse.Namespace) -> int:
     width = max(map(len, ALGORITHMS))
     family = max(len(a.family) for a in ALGORITHMS.values())
@@ -312,6 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sc.add_argument("--limit", type=int, help="flow runs at once (default: unlimited)")
     sc.set_defaults(fn=cmd_schedule)
+
+    au = sub.add_parser(
+        "automations",
+        help="create (or update) on the Prefect server the automations that mark runs of a dead worker Crashed "
+        "and schedule crashed runs again (a team's set-up, see README; `kdbench schedule` does it itself)",
+    )
+    au.set_defaults(fn=cmd_automations)
 
     al = sub.add_parser("algorithms", help="list the distillation algorithms")
     al.add_argument(

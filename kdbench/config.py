@@ -9,6 +9,7 @@ hyperparameters are typed per algorithm in kdbench/distill/ and set under
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -278,8 +279,9 @@ class RunConfig(_Strict):
 
     pack: str
     """pack name or folder (see `kdbench packs list`)"""
-    home: str = ".kdbench"
-    """caches, checkpoints, Prefect results, logs and the SQLite tracking DB"""
+    home: str = Field(default_factory=lambda: os.environ.get("KDBENCH_HOME", ".kdbench"))
+    """caches, checkpoints, Prefect results, logs and the SQLite tracking DB (default: $KDBENCH_HOME, else .kdbench;
+    each worker machine of a team sets its own)"""
     report_dir: str = "reports/leaderboards"
     """where leaderboards are written"""
     device: Literal["auto", "cpu", "cuda"] = "auto"

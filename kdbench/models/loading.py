@@ -71,14 +71,17 @@ def _not_found(ref: str, e: Exception) -> KdbenchError:
 
 
 def identity(ref: str, revision: str | None = None) -> dict:
-    """What identifies a model for caching: its reference, revision and, for a local
-    folder, the fingerprint kdbench wrote when it made it (else its weights' mtimes)."""
+    """What identifies a model for caching: the fingerprint kdbench wrote in a folder it made (the same model
+    built in two homes is one), else its reference, revision and, for a local folder, its weights' mtimes."""
     p = Path(ref)
     out = {"ref": ref, "revision": revision}
     if p.is_dir():
         card = p / "kdbench.json"
+        fingerprint = json.loads(card.read_text()).get("fingerprint") if card.exists() else None
+        if fingerprint:  # a model kdbench made is what made it, wherever its folder is (each worker has a home)
+            return {"fingerprint": fingerprint, "revision": revision}
         if card.exists():
-            out["fingerprint"] = json.loads(card.read_text()).get("fingerprint")
+            out["fingerprint"] = None
         else:
             out["mtimes"] = sorted((f.name, f.stat().st_mtime_ns) for f in p.glob("*.safetensors"))
     return out
