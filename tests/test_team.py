@@ -310,6 +310,7 @@ def test_a_dead_workers_run_is_crashed_and_finished_by_the_other(team):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     env, tmp, _ = team
+    _deploy(env, tmp, [])  # the pool
     out = subprocess.run([str(BIN / "kdbench"), "automations"], env=env, cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     # science, with longer training so the kill lands mid-run
