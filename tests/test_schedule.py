@@ -2,18 +2,16 @@
 deployment served by `kdbench schedule`, a run triggered through the Prefect API,
 and its results read back from the MLflow server."""
 
-import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from kdbench.errors import ConfigError
 from kdbench.schedule import read_deployments, require_server, runner_deployments
+from tests.servers import prefect_and_mlflow
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -42,78 +40,10 @@ def test_schedule_refuses_without_a_server(monkeypatch):
             require_server()
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, proc, seconds: float, log: Path) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{url}: server exited:\n{log.read_text()[-3000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            time.sleep(1)
-    pytest.fail(f"{url} not up after {seconds} s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture
 def servers(tmp_path):
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-    }
-    env.pop("PREFECT_API_URL", None)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    pp, mp = _port(), _port()
-    logs = {n: tmp_path / f"{n}.log" for n in ("prefect", "mlflow", "serve")}
-    prefect = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(pp)],
-        env=env,
-        stdout=logs["prefect"].open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    mlflow = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(mp),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "mlartifacts"),
-        ],
-        env=env,
-        stdout=logs["mlflow"].open("w"),
-        stderr=subprocess.STDOUT,
-        cwd=tmp_path,
-    )
-    procs = [prefect, mlflow]
-    try:
-        _wait_http(f"http://127.0.0.1:{pp}/api/health", prefect, 180, logs["prefect"])
-        _wait_http(f"http://127.0.0.1:{mp}/health", mlflow, 180, logs["mlflow"])
-        env.update(PREFECT_API_URL=f"http://127.0.0.1:{pp}/api", MLFLOW_TRACKING_URI=f"http://127.0.0.1:{mp}")
+    with prefect_and_mlflow(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}") as (env, logs, procs):
         yield env, logs, procs
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 def test_served_deployment_runs_and_lands_in_the_mlflow_server(servers, tmp_path):

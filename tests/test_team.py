@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_schedule import _port, _wait_http
+from tests.servers import free_port, prefect_and_mlflow
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def postgres():
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     if as_user:
         shutil.chown(data, "postgres", "postgres")
-    port = _port()
+    port = free_port()
     subprocess.run(
         [*as_user, str(pg / "initdb"), "-D", str(data / "db"), "--auth=trust", "-U", "postgres"],
         check=True,
@@ -85,61 +85,10 @@ def postgres():
 @pytest.fixture(scope="module")
 def team(postgres, tmp_path_factory):
     """A Prefect server and an MLflow server on PostgreSQL; yields (env, tmp, procs)."""
-    uri, _, _ = postgres
     tmp = tmp_path_factory.mktemp("team")
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp / "prefect-home"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_WORKER_QUERY_SECONDS": "2",
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "KDBENCH_REPO": str(REPO),
-    }
-    env.pop("PREFECT_API_URL", None)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    pp, mp = _port(), _port()
-    logs = {n: tmp / f"{n}.log" for n in ("prefect", "mlflow")}
-    prefect = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(pp)],
-        env=env,
-        stdout=logs["prefect"].open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    mlflow = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(mp),
-            "--workers",
-            "2",
-            "--backend-store-uri",
-            uri,
-            "--artifacts-destination",
-            str(tmp / "mlartifacts"),
-        ],
-        env=env,
-        stdout=logs["mlflow"].open("w"),
-        stderr=subprocess.STDOUT,
-        cwd=tmp,
-    )
-    procs = [prefect, mlflow]
-    try:
-        _wait_http(f"http://127.0.0.1:{pp}/api/health", prefect, 180, logs["prefect"])
-        _wait_http(f"http://127.0.0.1:{mp}/health", mlflow, 180, logs["mlflow"])
-        env.update(PREFECT_API_URL=f"http://127.0.0.1:{pp}/api", MLFLOW_TRACKING_URI=f"http://127.0.0.1:{mp}")
+    extra = {"PREFECT_WORKER_QUERY_SECONDS": "2", "KDBENCH_REPO": str(REPO)}
+    with prefect_and_mlflow(tmp, postgres[0], extra, mlflow_workers=2) as (env, _, procs):
         yield env, tmp, procs
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 def _roles(client, pack: str) -> list[str]:
