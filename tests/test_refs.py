@@ -162,7 +162,11 @@ def test_prepare_models_prunes_the_tiny_teacher(micro):
     models = prepare_models(cfg.model_dump(mode="json"))
     assert models.teacher == micro.models.teacher and models.students[0] == micro.models.student
     card = json.loads(open(f"{models.students[1]}/kdbench.json").read())
-    assert card["kept_layers"] == [0] and card["source"]["ref"] == micro.models.teacher
+    assert card["kept_layers"] == [0] and card["source"]["path"] == micro.models.teacher
+    # a model kdbench made is identified by its fingerprint, not its folder (one model across workers' homes)
+    assert (
+        card["source"]["fingerprint"] == json.loads(open(f"{micro.models.teacher}/kdbench.json").read())["fingerprint"]
+    )
 
 
 @pytest.mark.slow

@@ -212,6 +212,21 @@ def _wait_final(client, run_id, seconds: float, logs: list[Path]):
     pytest.fail(f"flow run not final after {seconds} s:\n" + "\n".join(p.read_text()[-2000:] for p in logs))
 
 
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a worker and every process under it, as a dead machine would (its flow runs may be in sessions of
+    their own, out of reach of a signal to the worker's process group)."""
+    import psutil
+
+    tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    for p in tree:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()
+    psutil.wait_procs(tree[1:], timeout=30)
+
+
 def _stop(*procs: subprocess.Popen) -> None:
     for p in procs:
         if p.poll() is None:
@@ -229,7 +244,7 @@ def test_two_workers_share_two_packs_and_results_land_once(team):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     env, tmp, _ = team
-    _deploy(env, tmp, ["law", "medicine"])
+    _deploy(env, tmp, ["medicine", "finance"])  # packs no other test of this module runs
     workers = [_worker(env, tmp, "a"), _worker(env, tmp, "b")]
     logs = [tmp / "worker-a.log", tmp / "worker-b.log"]
     try:
@@ -237,7 +252,7 @@ def test_two_workers_share_two_packs_and_results_land_once(team):
             with get_client(sync_client=True) as client:
                 runs = [
                     client.create_flow_run_from_deployment(client.read_deployment_by_name(f"kdbench-domain/{p}").id)
-                    for p in ("law", "medicine")
+                    for p in ("medicine", "finance")
                 ]
                 states = [_wait_final(client, r.id, 900, logs) for r in runs]
                 assert all(s.is_completed() for s in states), [s.message for s in states]
@@ -245,9 +260,9 @@ def test_two_workers_share_two_packs_and_results_land_once(team):
         _stop(*workers)
     # each worker ran one pack: its home holds that pack's students and not the other's
     ran = {w: sorted({p.name.split("-")[0] for p in (tmp / f"home-{w}" / "students").glob("*")}) for w in "ab"}
-    assert sorted(ran["a"] + ran["b"]) == ["law", "medicine"], ran
+    assert sorted(ran["a"] + ran["b"]) == ["finance", "medicine"], ran
     c = MlflowClient(env["MLFLOW_TRACKING_URI"])
-    for pack in ("law", "medicine"):
+    for pack in ("medicine", "finance"):
         assert _roles(c, pack) == ["elicitation", "student_after", "student_before", "teacher"]
     assert "RUNNING" not in _statuses(c)
 
@@ -263,7 +278,7 @@ def test_a_dead_workers_run_is_crashed_and_finished_by_the_other(team):
     out = subprocess.run([str(BIN / "kdbench"), "automations"], env=env, cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     # science, with longer training so the kill lands mid-run
-    slow = {**MICRO, "distill": {**MICRO["distill"], "train": {"epochs": 40, "save_every": 20}}}
+    slow = {**MICRO, "distill": {**MICRO["distill"], "train": {"epochs": 400, "save_every": 50}}}
     params = json.dumps({"config": {**slow, "pack": "science", "report_dir": str(tmp / "reports")}})
     subprocess.run(
         [str(BIN / "prefect"), "--no-prompt", "deploy", "--name", "science", "--params", params],
@@ -293,9 +308,8 @@ def test_a_dead_workers_run_is_crashed_and_finished_by_the_other(team):
                     time.sleep(2)
                 else:
                     pytest.fail("the student never started:\n" + logs[0].read_text()[-3000:])
-                time.sleep(5)
-                os.killpg(a.pid, signal.SIGKILL)
-                a.wait()
+                time.sleep(1)
+                _kill_tree(a)
                 b = _worker(env, tmp, "alive")
                 state = _wait_final(client, run.id, 900, logs)
                 history = [s.type.value for s in client.read_flow_run_states(run.id)]

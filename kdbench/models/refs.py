@@ -322,7 +322,7 @@ def prune(source: str, n: int, home: Path, *, ref: str | None = None, trust_remo
             "fingerprint": f"pruned-{key}",
             "role": "pruned",
             "reference": ref,
-            "source": identity(source),
+            "source": {"path": source, **identity(source)},
             "source_layers": len(layers),
             "kept_layers": keep,
             "parameters": sum(p.numel() for p in model.parameters()),
