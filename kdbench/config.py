@@ -369,14 +369,18 @@ def device_for(cfg: RunConfig) -> str:
     return cfg.device
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (taskset, a cgroup), not the machine's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def threads_within_affinity() -> None:
     """As many torch threads as CPUs this process may run on (taskset, a cgroup): torch counts the machine's
     cores, and two threads sharing one core ran a chunked loss 10x slower here. Before torch is imported this
     sets OMP_NUM_THREADS (unless given); after, torch's own count."""
-    import os
     import sys
 
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = usable_cpus()
     torch = sys.modules.get("torch")
     if torch is None:
         os.environ.setdefault("OMP_NUM_THREADS", str(n))

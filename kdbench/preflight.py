@@ -13,7 +13,8 @@ from pathlib import Path
 
 from kdbench.backends import resolve_backend_name
 from kdbench.backends.openai import api_key
-from kdbench.config import TINY
+from kdbench.config import TINY, device_for
+from kdbench.distill.launch import check_processes
 from kdbench.distill.registry import elicitation_methods, hparams_for
 from kdbench.distill.run import check_algorithms
 from kdbench.elicit import check_methods
@@ -35,6 +36,7 @@ def preflight(cfg) -> None:
         if not value:
             raise ConfigError(f"{key} is empty: a run needs at least one (see `kdbench config --show`)")
     check_algorithms(cfg.distill.algorithms)
+    check_processes(cfg.distill.train, device_for(cfg))
     check_methods(elicitation_methods(cfg), pack)
     backend = resolve_backend_name(cfg.elicit.backend)
     tasks_for(pack, cfg)

@@ -90,9 +90,10 @@ def launch(spec: dict, out: Path, processes: int, log_fn) -> None:
     out.mkdir(parents=True, exist_ok=True)
     spec_path = out / "launch.json"
     spec_path.write_text(json.dumps(spec))
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from kdbench.config import usable_cpus
+
     env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, cpus // processes)))  # the CPUs shared, not oversubscribed
+    env.setdefault("OMP_NUM_THREADS", str(max(1, usable_cpus() // processes)))  # the CPUs shared, not oversubscribed
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
     cmd += ["--max-restarts=0", "-m", "kdbench.distill.launch", str(spec_path)]
     log.info(f"{spec['desc']}: training on {processes} processes ({' '.join(cmd[1:5])} ...)")
