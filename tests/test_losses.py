@@ -60,7 +60,7 @@ KNOBS = [
 
 @pytest.mark.parametrize(("name", "knob"), KNOBS, ids=[f"{n}-{k}" for n, k in KNOBS])
 @pytest.mark.parametrize("tau", [1.0, 2.0])
-@pytest.mark.parametrize("chunk", [1, 4, 128])
+@pytest.mark.parametrize("chunk", [1, 4, 128, None])
 def test_value_and_gradient_match_reference(name, knob, tau, chunk):
     s, t, mask = inputs()
     got = DIVERGENCES[name](s, t, mask, temperature=tau, chunk_size=chunk, **knob)
@@ -246,3 +246,15 @@ def test_causal_lm_ce_matches_manual():
     terms = [-torch.log_softmax(logits[b, t - 1], -1)[ids[b, t]] for b in range(2) for t in range(1, 5) if lm[b, t]]
     assert got.item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
     assert not math.isnan(losses.causal_lm_ce(logits, ids, torch.zeros_like(lm)).item())
+
+
+def test_chunks_are_sized_by_bytes_unless_given():
+    from kdbench.distill.losses import CHUNK_BYTES, chunk_rows
+
+    assert chunk_rows(32_000) == 8 and chunk_rows(2_048) == 128  # about 1 MiB of float32 per temporary
+    assert chunk_rows(152_064) == 8  # at least MIN_CHUNK rows, however large the vocabulary
+    assert chunk_rows(2_048) * 2_048 * 4 <= CHUNK_BYTES
+    assert chunk_rows(32_000, 5) == 5
+    s, t, mask = inputs()
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        DIVERGENCES["fkl"](s, t, mask, chunk_size=0)

@@ -32,7 +32,9 @@ class DivergenceConfig(BaseModel):
     beta: float = Field(0.5, ge=0, le=1)
     alpha: float = Field(0.1, ge=0, le=1)
     ce_weight: float = Field(0.0, ge=0)  # + ce_weight * cross-entropy on the labels
-    chunk_size: int = Field(DEFAULT_CHUNK, ge=1)
+    chunk_size: int | None = Field(
+        DEFAULT_CHUNK, ge=1, description="positions per chunk when unfused; None: about 1 MiB per [chunk, V] float32"
+    )
 
 
 def knobs(name: str, hp: DivergenceConfig) -> dict:

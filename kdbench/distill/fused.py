@@ -344,7 +344,7 @@ def divergence_of(
     mask: torch.Tensor,
     *,
     temperature: float = 1.0,
-    chunk_size: int = DEFAULT_CHUNK,
+    chunk_size: int | None = DEFAULT_CHUNK,
     beta: float = 0.5,
     alpha: float = 0.1,
 ) -> torch.Tensor:

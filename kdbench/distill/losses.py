@@ -15,7 +15,8 @@ with the teacher's entropy dropped, so identical inputs give exactly 0).
 Position t holds the distributions over the *next* token; aligning (shifting)
 logits and mask is the caller's job.
 
-Memory: positions are processed in chunks of ``chunk_size`` rows. Each chunk's
+Memory: positions are processed in chunks of ``chunk_size`` rows (None, the default: as
+many as make one [chunk, V] float32 temporary about CHUNK_BYTES, at least 8). Each chunk's
 gradient with respect to the student logits is computed in closed form during
 the forward pass and written into one buffer shaped like the logits (the
 buffer backward hands on as the logits' gradient), so the float32 temporaries
@@ -43,7 +44,9 @@ import torch.nn.functional as F
 
 from kdbench.training import causal_lm_ce  # noqa: F401  (re-exported: the cross-entropy beside the divergences)
 
-DEFAULT_CHUNK = 32  # rows per chunk: 32 x 32000 x 4 B = 4 MB per temporary
+DEFAULT_CHUNK = None  # rows per chunk: None sizes chunks by bytes (chunk_rows)
+CHUNK_BYTES = 1 << 20  # one [chunk, V] float32 temporary: 8 rows at V = 32,000, 128 at V = 2,048
+MIN_CHUNK = 8  # rows: fewer leaves the loop's per-chunk overhead larger than the work (V >= 32,768)
 _FLOOR = -1e30  # stands in for log(0) so 0 * log(0) terms are 0, not NaN
 TAIL_FLOOR = 1e-6  # smallest tail mass a top-k teacher is taken to have (see _bins)
 
@@ -158,6 +161,16 @@ def temper_topk(lp_k: torch.Tensor, vocab: int, temperature: float) -> torch.Ten
     return head - torch.logsumexp(torch.cat([head, tail_tau], dim=-1), dim=-1, keepdim=True)
 
 
+def chunk_rows(vocab: int, chunk_size: int | None = None) -> int:
+    """Rows per chunk: ``chunk_size`` when given, else about CHUNK_BYTES of float32 per [chunk, V] temporary.
+
+    A byte budget rather than a row count keeps the temporaries a small fraction of the [N, V] gradient
+    buffer at every vocabulary: the few chunk-sized temporaries, and what the allocator keeps of them, were
+    what separated the divergence's peak memory from that buffer (32 rows at V = 32,000: 4 MiB each).
+    """
+    return chunk_size or max(MIN_CHUNK, CHUNK_BYTES // (4 * vocab))
+
+
 def _teacher_rows(teacher, idx: torch.Tensor, temperature: float, vocab: int):
     if isinstance(teacher, TopK):
         lp = teacher.logprobs.index_select(0, idx).float()
@@ -245,11 +258,13 @@ def divergence(
     mask: torch.Tensor,
     *,
     temperature: float = 1.0,
-    chunk_size: int = DEFAULT_CHUNK,
+    chunk_size: int | None = DEFAULT_CHUNK,
 ) -> torch.Tensor:
     """tau^2 * masked mean over positions of the divergence ``terms`` computes; see module doc."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1 (or None: sized by bytes), got {chunk_size}")
     B, T, V = student_logits.shape
     if mask.shape != (B, T):
         raise ValueError(f"mask must be [B,T]={B, T}, got {tuple(mask.shape)}")
@@ -268,7 +283,8 @@ def divergence(
                 "white-box losses need one vocabulary"
             )
         dense, ids, lp = teacher_logits.detach().reshape(B * T, V), None, None
-    return _ChunkedDivergence.apply(student, dense, ids, lp, weights, terms, float(temperature), chunk_size)
+    chunk = chunk_rows(V, chunk_size)
+    return _ChunkedDivergence.apply(student, dense, ids, lp, weights, terms, float(temperature), chunk)
 
 
 def fkl(student_logits, teacher_logits, mask, *, temperature=1.0, chunk_size=DEFAULT_CHUNK):

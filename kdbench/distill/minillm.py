@@ -82,7 +82,9 @@ class MiniLLMConfig(BaseModel):
         description="+ this x cross-entropy on the teacher's responses "
         "(SeqKD; not in MiniLLM, whose LM loss is on pretraining data)",
     )
-    chunk_size: int = Field(DEFAULT_CHUNK, ge=1, description="positions per chunk of the single-step KL")
+    chunk_size: int | None = Field(
+        DEFAULT_CHUNK, ge=1, description="positions per chunk of the unfused single-step KL; None: sized by bytes"
+    )
 
 
 def returns(

@@ -97,7 +97,7 @@ def distill_key(algorithm: str, seed: int, teacher_ref: str, student_ref: str, m
         identity(student_ref),
         manifest["gold"]["hash"] if gold else manifest["data_hash"],
         train_key(cfg.distill.train),
-        hp.model_dump(),
+        hp.model_dump(exclude={"chunk_size"}),  # a memory knob, like `fused`: one result to float rounding
         topk,
     )
 

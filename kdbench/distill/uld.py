@@ -44,8 +44,11 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from kdbench.data import tokenize_example
-from kdbench.distill.losses import DEFAULT_CHUNK, causal_lm_ce
+from kdbench.distill.losses import causal_lm_ce
 from kdbench.training import StepContext
+
+
+SORT_CHUNK = 32  # aligned positions sorted at once (two [chunk, V] sorts)
 
 
 class ULDConfig(BaseModel):
@@ -56,7 +59,7 @@ class ULDConfig(BaseModel):
     ce_weight: float = Field(1.0, ge=0, description="weight of the cross-entropy on the student's tokens")
     student_temperature: float = Field(1.0, gt=0, description="softmax temperature of the student's logits")
     teacher_temperature: float = Field(1.0, gt=0, description="softmax temperature of the teacher's logits")
-    chunk_size: int = Field(DEFAULT_CHUNK, ge=1, description="aligned positions sorted at once")
+    chunk_size: int = Field(SORT_CHUNK, ge=1, description="aligned positions sorted at once")
 
 
 # ---- the loss, as pure functions ----------------------------------------------------------------
@@ -132,7 +135,7 @@ def uld_distance(
     *,
     student_temperature: float = 1.0,
     teacher_temperature: float = 1.0,
-    chunk_size: int = DEFAULT_CHUNK,
+    chunk_size: int = SORT_CHUNK,
 ) -> torch.Tensor:
     """Mean over rows of W(softmax(teacher / tau_t), softmax(student / tau_s)).
 
@@ -153,7 +156,7 @@ def uld_loss(
     *,
     student_temperature: float = 1.0,
     teacher_temperature: float = 1.0,
-    chunk_size: int = DEFAULT_CHUNK,
+    chunk_size: int = SORT_CHUNK,
 ) -> torch.Tensor:
     """The ULD term of a batch: W averaged over aligned positions (see :func:`align`).
 
