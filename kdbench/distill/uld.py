@@ -47,7 +47,6 @@ from kdbench.data import tokenize_example
 from kdbench.distill.losses import causal_lm_ce
 from kdbench.training import StepContext
 
-
 SORT_CHUNK = 32  # aligned positions sorted at once (two [chunk, V] sorts)
 
 
