@@ -12,6 +12,7 @@ style written out (log-softmaxes and products over the whole vocabulary).
 
     python benchmarks/loss_memory.py            # B*T = 2048, V = 32000, float32
     python benchmarks/loss_memory.py --quick    # a small shape, for a smoke test
+    python benchmarks/loss_memory.py --losses fkl --chunk 32   # kdbench at a chosen rows-per-chunk
 """
 
 from __future__ import annotations
@@ -78,27 +79,29 @@ def _inputs(bt: int, v: int):
     return s, t, torch.ones(B, T, dtype=torch.bool)
 
 
-def _impl(name: str, impl: str):
+def _impl(name: str, impl: str, chunk: int | None = None):
     if impl == "kdbench":
+        from functools import partial
+
         from kdbench.distill.losses import DIVERGENCES
 
-        return DIVERGENCES[name]
+        return partial(DIVERGENCES[name], chunk_size=chunk)
     return reference(name)
 
 
-def worker(name: str, impl: str, bt: int, v: int) -> dict:
+def worker(name: str, impl: str, bt: int, v: int, chunk: int | None) -> dict:
     """Peak RSS (MB) of one forward + backward above the RSS with the inputs allocated."""
     s, t, mask = _inputs(bt, v)
-    fn = _impl(name, impl)
+    fn = _impl(name, impl, chunk)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     fn(s, t, mask).backward()
     return {"peak_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024}
 
 
-def time_worker(name: str, bt: int, v: int, reps: int) -> dict:
+def time_worker(name: str, bt: int, v: int, reps: int, chunk: int | None) -> dict:
     """Seconds of one forward + backward per implementation, alternating: {impl: [reps]}."""
     s, t, mask = _inputs(bt, v)
-    fns = {impl: _impl(name, impl) for impl in IMPLS}
+    fns = {impl: _impl(name, impl, chunk) for impl in IMPLS}
 
     def timed(impl):
         s.grad = None
@@ -126,6 +129,7 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--reps", type=int, default=5, help="alternating timed repetitions per implementation")
     ap.add_argument("--losses", default=",".join(LOSSES))
+    ap.add_argument("--chunk", type=int, help="kdbench's rows per chunk (default: its own, sized by bytes)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--worker", nargs=2, metavar=("LOSS", "IMPL"))
     ap.add_argument("--time-worker", metavar="LOSS")
@@ -137,12 +141,12 @@ def main() -> None:
 
         threads_within_affinity()  # torch's threads within the CPUs this worker may use
     if a.worker:
-        print(json.dumps(worker(*a.worker, a.bt, a.vocab)))
+        print(json.dumps(worker(*a.worker, a.bt, a.vocab, a.chunk)))
         return
     if a.time_worker:
-        print(json.dumps(time_worker(a.time_worker, a.bt, a.vocab, a.reps)))
+        print(json.dumps(time_worker(a.time_worker, a.bt, a.vocab, a.reps, a.chunk)))
         return
-    shape = ["--bt", str(a.bt), "--vocab", str(a.vocab)]
+    shape = ["--bt", str(a.bt), "--vocab", str(a.vocab)] + (["--chunk", str(a.chunk)] if a.chunk else [])
     print(
         f"B*T = {a.bt}, V = {a.vocab}, float32, forward + backward; time: {a.reps} alternating repetitions, "
         "median (min-max) of the ratios kdbench / reference"
