@@ -271,7 +271,7 @@ def main() -> None:
     from kdbench.data import tokenize_example
 
     teacher_dir, student_dir, rows = fixture(a.home, a.models)  # build once, before anything is timed
-    fixture_file = Path(tempfile.mkdtemp()) / "fixture.json"
+    fixture_file = Path(a.home) / f"train-throughput-fixture-{a.models}.json"  # rewritten each run, not left in /tmp
     fixture_file.write_text(json.dumps({"teacher": teacher_dir, "student": student_dir, "rows": rows}))
     env = os.environ | {"KDBENCH_BENCH_FIXTURE": str(fixture_file)}
     tok = AutoTokenizer.from_pretrained(student_dir)

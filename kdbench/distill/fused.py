@@ -36,6 +36,7 @@ from kdbench.distill.losses import (
     TopK,
     _chunk,
     _teacher_rows,
+    chunk_rows,
     fkl_terms,
     jsd_terms,
     rkl_terms,
@@ -64,7 +65,7 @@ class Head(NamedTuple):
 
 def auto_chunk(vocab: int) -> int:
     """Positions per chunk so one chunk of float32 logits takes about CHUNK_BYTES."""
-    return max(8, CHUNK_BYTES // (4 * vocab))
+    return chunk_rows(vocab, budget=CHUNK_BYTES)
 
 
 def _logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -29,6 +29,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from kdbench.config import usable_cpus
 from kdbench.errors import ConfigError, RuntimeFailure
 from kdbench.log import get_logger
 
@@ -90,8 +91,6 @@ def launch(spec: dict, out: Path, processes: int, log_fn) -> None:
     out.mkdir(parents=True, exist_ok=True)
     spec_path = out / "launch.json"
     spec_path.write_text(json.dumps(spec))
-    from kdbench.config import usable_cpus
-
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, usable_cpus() // processes)))  # the CPUs shared, not oversubscribed
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]

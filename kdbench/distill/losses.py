@@ -161,14 +161,14 @@ def temper_topk(lp_k: torch.Tensor, vocab: int, temperature: float) -> torch.Ten
     return head - torch.logsumexp(torch.cat([head, tail_tau], dim=-1), dim=-1, keepdim=True)
 
 
-def chunk_rows(vocab: int, chunk_size: int | None = None) -> int:
-    """Rows per chunk: ``chunk_size`` when given, else about CHUNK_BYTES of float32 per [chunk, V] temporary.
+def chunk_rows(vocab: int, chunk_size: int | None = None, budget: int = CHUNK_BYTES) -> int:
+    """Rows per chunk: ``chunk_size`` when given, else about ``budget`` bytes of float32 per [chunk, V] temporary.
 
     A byte budget rather than a row count keeps the temporaries a small fraction of the [N, V] gradient
     buffer at every vocabulary: the few chunk-sized temporaries, and what the allocator keeps of them, were
     what separated the divergence's peak memory from that buffer (32 rows at V = 32,000: 4 MiB each).
     """
-    return chunk_size or max(MIN_CHUNK, CHUNK_BYTES // (4 * vocab))
+    return chunk_size or max(MIN_CHUNK, budget // (4 * vocab))
 
 
 def _teacher_rows(teacher, idx: torch.Tensor, temperature: float, vocab: int):
